@@ -1,0 +1,656 @@
+//! The store: read snapshots, and one writer thread that group-commits commands.
+//!
+//! Why one writer applying *commands* rather than callers writing values: state shared
+//! between orders (a user's entitlements, idempotency keys, indexes) must never be
+//! computed from a stale snapshot. Each command reads and writes inside the writer's
+//! transaction, so it always sees every command committed before it, and the batch
+//! is made durable with one `fdatasync` before any caller is answered.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::ops::Bound;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fjall::{
+    KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Key, Record, Result, StorageError, decode_record, encode_record};
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub cache_size_bytes: u64,
+    pub max_journal_size_bytes: u64,
+    /// Every table the application uses; each is one fjall keyspace.
+    pub tables: Vec<&'static str>,
+    /// Most commands applied in one transaction (one sync).
+    pub max_batch: usize,
+    /// Commands that may wait for the writer before `submit` applies back-pressure.
+    pub queue_depth: usize,
+}
+
+impl StoreOptions {
+    pub fn new(path: impl Into<PathBuf>, tables: Vec<&'static str>) -> Self {
+        StoreOptions {
+            path: path.into(),
+            cache_size_bytes: 64 << 20,
+            max_journal_size_bytes: 128 << 20,
+            tables,
+            max_batch: 512,
+            queue_depth: 8192,
+        }
+    }
+}
+
+/// A typed handle on one keyspace.
+pub struct Table<K, V> {
+    name: &'static str,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Table<K, V> {}
+
+impl<K: Key, V: Record> Table<K, V> {
+    pub const fn new(name: &'static str) -> Self {
+        Table {
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn decode_pair(&self, k: &[u8], v: &[u8]) -> Result<(K, V)> {
+        let key = K::from_bytes(k).ok_or(StorageError::CorruptKey { table: self.name })?;
+        Ok((key, decode_record(self.name, v)?))
+    }
+}
+
+struct Engine {
+    db: SingleWriterTxDatabase,
+    keyspaces: HashMap<&'static str, SingleWriterTxKeyspace>,
+}
+
+impl Engine {
+    fn open(opts: &StoreOptions) -> Result<Engine> {
+        let db = SingleWriterTxDatabase::builder(&opts.path)
+            .cache_size(opts.cache_size_bytes)
+            .max_journaling_size(opts.max_journal_size_bytes)
+            .open()?;
+        let mut keyspaces = HashMap::new();
+        for &name in &opts.tables {
+            keyspaces.insert(name, db.keyspace(name, KeyspaceCreateOptions::default)?);
+        }
+        Ok(Engine { db, keyspaces })
+    }
+
+    fn keyspace(&self, table: &'static str) -> &SingleWriterTxKeyspace {
+        match self.keyspaces.get(table) {
+            Some(k) => k,
+            None => panic!("table {table} was not declared in StoreOptions::tables"),
+        }
+    }
+}
+
+/// Counters the writer keeps, for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreStats {
+    pub commits: u64,
+    pub commands: u64,
+    pub failed_commits: u64,
+    pub reopens: u64,
+}
+
+struct Shared {
+    opts: StoreOptions,
+    engine: RwLock<Option<Arc<Engine>>>,
+    healthy: AtomicBool,
+    closed: AtomicBool,
+    commits: AtomicU64,
+    commands: AtomicU64,
+    failed_commits: AtomicU64,
+    reopens: AtomicU64,
+    #[cfg(any(test, feature = "fault-injection"))]
+    fail_commits: AtomicU64,
+}
+
+impl Shared {
+    fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+type Finisher = Box<dyn FnOnce(Result<()>) + Send>;
+/// A queued command. Called with `None` when it will not run (store closed or
+/// poisoned): it then only hands back the finisher that answers its caller.
+type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Finisher) + Send>;
+
+enum Msg {
+    Job(Job),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The handle the application holds. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(opts: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(&opts.path).map_err(|e| StorageError::Engine(e.to_string()))?;
+        let engine = Engine::open(&opts)?;
+        let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
+        let shared = Arc::new(Shared {
+            opts,
+            engine: RwLock::new(Some(Arc::new(engine))),
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            reopens: AtomicU64::new(0),
+            #[cfg(any(test, feature = "fault-injection"))]
+            fail_commits: AtomicU64::new(0),
+        });
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("payd-storage-writer".into())
+            .spawn(move || writer_loop(writer_shared, rx))
+            .map_err(|e| StorageError::Engine(e.to_string()))?;
+        Ok(Store { shared, tx })
+    }
+
+    /// False after a failed write until the database has been reopened.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.shared;
+        StoreStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            commands: s.commands.load(Ordering::Relaxed),
+            failed_commits: s.failed_commits.load(Ordering::Relaxed),
+            reopens: s.reopens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A consistent snapshot for reads. Reads keep working while writes are refused,
+    /// except for the moment the database is being reopened.
+    pub fn read(&self) -> Result<ReadView> {
+        let engine = self.shared.engine().ok_or(StorageError::Closed)?;
+        let snapshot = engine.db.read_tx();
+        Ok(ReadView { engine, snapshot })
+    }
+
+    /// Applies `command` in the writer's transaction and answers once the batch that
+    /// holds it is durable. The outer `Result` is the store's (unavailable, closed,
+    /// command panicked); the inner one is the command's own verdict. A command that
+    /// returns `Err` has its writes discarded.
+    pub async fn submit<T, E, F>(&self, command: F) -> Result<std::result::Result<T, E>>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> std::result::Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        if !self.is_healthy() {
+            return Err(StorageError::Unavailable);
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx: Option<&mut WriteCtx<'_>>| {
+            let outcome = ctx.map(|ctx| catch_unwind(AssertUnwindSafe(|| command(ctx))));
+            let keep = matches!(outcome, Some(Ok(Ok(_))));
+            let finish: Finisher = Box::new(move |committed: Result<()>| {
+                let answer = match (committed, outcome) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(Ok(verdict))) => Ok(verdict),
+                    (Ok(()), Some(Err(_))) => Err(StorageError::CommandPanicked),
+                    (Ok(()), None) => Err(StorageError::Unavailable),
+                };
+                let _ = reply_tx.send(answer);
+            });
+            (keep, finish)
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        reply_rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Stops the writer after the commands already queued, and closes the database.
+    pub async fn shutdown(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+
+    /// Makes the next `n` commits fail as if the disk had refused them.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn fail_next_commits(&self, n: u64) {
+        self.shared.fail_commits.store(n, Ordering::SeqCst);
+    }
+}
+
+/// What a command sees: reads through the writer's transaction (which includes the
+/// commands before it in the batch), and writes staged until the command returns Ok.
+pub struct WriteCtx<'a> {
+    engine: &'a Engine,
+    tx: &'a fjall::SingleWriterWriteTx<'a>,
+    staged: Vec<(&'static str, Vec<u8>, Option<Vec<u8>>)>,
+    staged_index: HashMap<(&'static str, Vec<u8>), usize>,
+}
+
+impl WriteCtx<'_> {
+    pub fn get<K: Key, V: Record>(&self, table: &Table<K, V>, key: &K) -> Result<Option<V>> {
+        let k = key.to_bytes();
+        if let Some(&i) = self.staged_index.get(&(table.name, k.clone())) {
+            return match &self.staged[i].2 {
+                Some(bytes) => Ok(Some(decode_record(table.name, bytes)?)),
+                None => Ok(None),
+            };
+        }
+        match self.tx.get(self.engine.keyspace(table.name), &k)? {
+            Some(bytes) => Ok(Some(decode_record(table.name, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put<K: Key, V: Record>(&mut self, table: &Table<K, V>, key: &K, value: &V) {
+        self.stage(table.name, key.to_bytes(), Some(encode_record(value)));
+    }
+
+    pub fn delete<K: Key, V: Record>(&mut self, table: &Table<K, V>, key: &K) {
+        self.stage(table.name, key.to_bytes(), None);
+    }
+
+    /// Keys and values whose key starts with the encoding of `prefix`, in key order.
+    /// Writes staged by the running command are not visible here.
+    pub fn scan_prefix<K: Key, V: Record, P: Key>(
+        &self,
+        table: &Table<K, V>,
+        prefix: &P,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>> {
+        let iter = self
+            .tx
+            .prefix(self.engine.keyspace(table.name), prefix.to_bytes());
+        collect(table, iter, limit)
+    }
+
+    fn stage(&mut self, table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match self.staged_index.get(&(table, key.clone())) {
+            Some(&i) => self.staged[i].2 = value,
+            None => {
+                self.staged_index
+                    .insert((table, key.clone()), self.staged.len());
+                self.staged.push((table, key, value));
+            }
+        }
+    }
+}
+
+fn collect<K: Key, V: Record>(
+    table: &Table<K, V>,
+    iter: impl Iterator<Item = fjall::Guard>,
+    limit: usize,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for guard in iter.take(limit) {
+        let (k, v) = guard.into_inner()?;
+        out.push(table.decode_pair(&k, &v)?);
+    }
+    Ok(out)
+}
+
+/// A read snapshot.
+pub struct ReadView {
+    engine: Arc<Engine>,
+    snapshot: fjall::Snapshot,
+}
+
+impl ReadView {
+    pub fn get<K: Key, V: Record>(&self, table: &Table<K, V>, key: &K) -> Result<Option<V>> {
+        match self
+            .snapshot
+            .get(self.engine.keyspace(table.name), key.to_bytes())?
+        {
+            Some(bytes) => Ok(Some(decode_record(table.name, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order (or reverse).
+    pub fn scan_prefix<K: Key, V: Record, P: Key>(
+        &self,
+        table: &Table<K, V>,
+        prefix: &P,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(K, V)>> {
+        let iter = self
+            .snapshot
+            .prefix(self.engine.keyspace(table.name), prefix.to_bytes());
+        if reverse {
+            collect(table, iter.rev(), limit)
+        } else {
+            collect(table, iter, limit)
+        }
+    }
+
+    /// Up to `limit` entries with key < `end` (all from the start), in key order.
+    pub fn scan_until<K: Key, V: Record>(
+        &self,
+        table: &Table<K, V>,
+        end_exclusive: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(K, V)>> {
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Unbounded, Bound::Excluded(end_exclusive));
+        let iter = self
+            .snapshot
+            .range::<&[u8], _>(self.engine.keyspace(table.name), range);
+        collect(table, iter, limit)
+    }
+
+    /// Number of entries whose key starts with `prefix` (walks them).
+    pub fn count_prefix<K: Key, V: Record, P: Key>(&self, table: &Table<K, V>, prefix: &P) -> usize {
+        self.snapshot
+            .prefix(self.engine.keyspace(table.name), prefix.to_bytes())
+            .count()
+    }
+
+    /// The first entry of a table, in key order.
+    pub fn first<K: Key, V: Record>(&self, table: &Table<K, V>) -> Result<Option<(K, V)>> {
+        match self.snapshot.first_key_value(self.engine.keyspace(table.name)) {
+            Some(guard) => {
+                let (k, v) = guard.into_inner()?;
+                Ok(Some(table.decode_pair(&k, &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
+    let mut pending: Option<Msg> = None;
+    loop {
+        let first = match pending.take().or_else(|| rx.blocking_recv()) {
+            Some(m) => m,
+            None => break,
+        };
+        let mut batch = Vec::new();
+        let mut shutdown = None;
+        match first {
+            Msg::Job(j) => batch.push(j),
+            Msg::Shutdown(done) => shutdown = Some(done),
+        }
+        while shutdown.is_none() && batch.len() < shared.opts.max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Shutdown(done)) => shutdown = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&shared, batch);
+        }
+        if let Some(done) = shutdown {
+            *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
+            shared.closed.store(true, Ordering::Release);
+            let _ = done.send(());
+            // Refuse whatever arrives afterwards.
+            rx.close();
+            while let Some(msg) = rx.blocking_recv() {
+                if let Msg::Job(job) = msg {
+                    refuse(job, StorageError::Closed);
+                }
+            }
+            return;
+        }
+        if !shared.healthy.load(Ordering::Acquire) {
+            reopen(&shared, &mut rx, &mut pending);
+        }
+    }
+}
+
+/// A job that will not run still answers its caller, with `error`.
+fn refuse(job: Job, error: StorageError) {
+    let (_, finish) = job(None);
+    finish(Err(error));
+}
+
+fn run_batch(shared: &Shared, batch: Vec<Job>) {
+    let Some(engine) = shared.engine() else {
+        batch.into_iter().for_each(|j| refuse(j, StorageError::Closed));
+        return;
+    };
+    if !shared.healthy.load(Ordering::Acquire) {
+        batch.into_iter().for_each(|j| refuse(j, StorageError::Unavailable));
+        return;
+    }
+    let started = Instant::now();
+    let mut tx = engine.db.write_tx().durability(Some(PersistMode::SyncData));
+    let mut finishers = Vec::with_capacity(batch.len());
+    let mut wrote = false;
+    let count = batch.len() as u64;
+    for job in batch {
+        let (keep, staged) = {
+            let mut ctx = WriteCtx {
+                engine: &engine,
+                tx: &tx,
+                staged: Vec::new(),
+                staged_index: HashMap::new(),
+            };
+            let (keep, finish) = job(Some(&mut ctx));
+            finishers.push(finish);
+            (keep, ctx.staged)
+        };
+        if keep {
+            for (table, key, value) in staged {
+                wrote = true;
+                let ks = engine.keyspace(table);
+                match value {
+                    Some(v) => tx.insert(ks, key, v),
+                    None => tx.remove(ks, key),
+                }
+            }
+        }
+    }
+    let committed = if wrote { commit(shared, tx) } else { Ok(()) };
+    shared.commands.fetch_add(count, Ordering::Relaxed);
+    match committed {
+        Ok(()) => {
+            if wrote {
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::trace!(commands = count, elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+            finishers.into_iter().for_each(|f| f(Ok(())));
+        }
+        Err(e) => {
+            shared.failed_commits.fetch_add(1, Ordering::Relaxed);
+            shared.healthy.store(false, Ordering::Release);
+            tracing::error!(error = %e, commands = count, "storage commit failed; refusing writes until the database is reopened");
+            finishers
+                .into_iter()
+                .for_each(|f| f(Err(StorageError::Unavailable)));
+        }
+    }
+}
+
+fn commit(shared: &Shared, tx: fjall::SingleWriterWriteTx<'_>) -> Result<()> {
+    #[cfg(any(test, feature = "fault-injection"))]
+    {
+        let left = shared.fail_commits.load(Ordering::SeqCst);
+        if left > 0 {
+            shared.fail_commits.store(left - 1, Ordering::SeqCst);
+            tx.rollback();
+            return Err(StorageError::Engine("injected commit failure".into()));
+        }
+    }
+    let _ = shared;
+    tx.commit().map_err(StorageError::from)
+}
+
+/// Drops the poisoned engine and opens the database again, which replays the journal
+/// and discards a torn tail. Commands arriving meanwhile are refused.
+fn reopen(shared: &Shared, rx: &mut mpsc::Receiver<Msg>, pending: &mut Option<Msg>) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
+        match Engine::open(&shared.opts) {
+            Ok(engine) => {
+                *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(engine));
+                shared.reopens.fetch_add(1, Ordering::Relaxed);
+                shared.healthy.store(true, Ordering::Release);
+                tracing::warn!("storage reopened after a failed write; accepting writes again");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage reopen failed; retrying");
+            }
+        }
+        // Answer what queued up while we wait, so no caller hangs.
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => refuse(job, StorageError::Unavailable),
+                Ok(shutdown @ Msg::Shutdown(_)) => {
+                    *pending = Some(shutdown);
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Balance(i64);
+    impl Record for Balance {
+        const SCHEMA: u8 = 1;
+    }
+    const BALANCES: Table<String, Balance> = Table::new("balances");
+    const LOG: Table<(String, u64), Balance> = Table::new("log");
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(StoreOptions::new(dir, vec!["balances", "log"])).unwrap()
+    }
+
+    async fn add(store: &Store, user: &str, delta: i64) -> Result<std::result::Result<i64, String>> {
+        let user = user.to_string();
+        store
+            .submit(move |ctx| {
+                let cur = ctx.get(&BALANCES, &user)?.map_or(0, |b: Balance| b.0);
+                let next = cur + delta;
+                if next < 0 {
+                    return Ok(Err("insufficient".to_string()));
+                }
+                ctx.put(&BALANCES, &user, &Balance(next));
+                let seq = ctx.scan_prefix(&LOG, &user, usize::MAX)?.len() as u64;
+                ctx.put(&LOG, &(user.clone(), seq), &Balance(delta));
+                Ok::<_, StorageError>(Ok(next))
+            })
+            .await
+            .and_then(|r| r)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commands_never_read_stale_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move { add(&s, "u", 1).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap().unwrap();
+        }
+        let view = store.read().unwrap();
+        assert_eq!(view.get(&BALANCES, &"u".to_string()).unwrap(), Some(Balance(200)));
+        assert_eq!(view.count_prefix(&LOG, &"u".to_string()), 200);
+        let stats = store.stats();
+        assert!(stats.commits <= 200 && stats.commands == 200);
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_fails_alone_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        add(&store, "a", 5).await.unwrap().unwrap();
+        assert_eq!(add(&store, "a", -6).await.unwrap(), Err("insufficient".into()));
+        let panicked = store
+            .submit(|ctx| -> std::result::Result<(), ()> {
+                ctx.put(&BALANCES, &"a".to_string(), &Balance(1000));
+                panic!("bug in a command")
+            })
+            .await;
+        assert!(matches!(panicked, Err(StorageError::CommandPanicked)));
+        assert_eq!(add(&store, "a", -5).await.unwrap(), Ok(0));
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            add(&store, "x", 42).await.unwrap().unwrap();
+            store.shutdown().await;
+            assert!(matches!(add(&store, "x", 1).await, Err(StorageError::Closed)));
+        }
+        let store = open(dir.path());
+        let view = store.read().unwrap();
+        assert_eq!(view.get(&BALANCES, &"x".to_string()).unwrap(), Some(Balance(42)));
+    }
+
+    #[tokio::test]
+    async fn failed_commit_refuses_writes_until_reopened_and_loses_nothing_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        add(&store, "a", 10).await.unwrap().unwrap();
+        store.fail_next_commits(1);
+        assert!(matches!(add(&store, "a", 1).await, Err(StorageError::Unavailable)));
+        let mut healthy = false;
+        for _ in 0..200 {
+            if store.is_healthy() {
+                healthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(healthy, "store did not reopen");
+        assert_eq!(store.stats().reopens, 1);
+        // Only acknowledged state is there after the reopen.
+        let view = store.read().unwrap();
+        assert_eq!(view.get(&BALANCES, &"a".to_string()).unwrap(), Some(Balance(10)));
+        drop(view);
+        assert_eq!(add(&store, "a", 1).await.unwrap(), Ok(11));
+    }
+}
