@@ -1,0 +1,494 @@
+//! The domain's records: packages, orders, entitlements, and the newtypes that keep raw
+//! strings and floats out of the core.
+//!
+//! These are persisted with postcard, which encodes an enum variant by its position:
+//! variants are append-only (never reorder, never reuse), and a changed record shape
+//! bumps its `Record::SCHEMA`.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, UTC. payd keeps UTC internally.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn plus_ms(self, ms: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(ms))
+    }
+    pub fn ms(self) -> i64 {
+        self.0
+    }
+}
+
+/// An ISO 4217 currency code (three upper-case letters), checked at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(s: &str) -> Option<Currency> {
+        (s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())).then(|| Currency(s.into()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who caused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    User = 0,
+    Admin = 1,
+    Provider = 2,
+    System = 3,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::User => "user",
+            Actor::Admin => "admin",
+            Actor::Provider => "provider",
+            Actor::System => "system",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PackageKind {
+    Membership = 0,
+    Points = 1,
+}
+
+impl PackageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageKind::Membership => "membership",
+            PackageKind::Points => "points",
+        }
+    }
+}
+
+/// A product the host application sells. Amounts in minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub id: String,
+    pub kind: PackageKind,
+    pub name: String,
+    pub description: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub membership_type: Option<String>,
+    pub validity_days: Option<u32>,
+    pub queries_count: Option<u32>,
+    pub points: Option<u64>,
+    pub bonus_points: Option<u64>,
+    pub is_active: bool,
+    pub sort_order: i32,
+}
+
+impl payd_storage::Record for Package {
+    const SCHEMA: u8 = 1;
+}
+
+/// The payment methods a buyer can choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PaymentMethod {
+    WechatNative = 0,
+    AlipayQr = 1,
+    AlipayPage = 2,
+    StripeCheckout = 3,
+    Mock = 4,
+}
+
+impl PaymentMethod {
+    pub const ALL: [PaymentMethod; 5] = [
+        PaymentMethod::WechatNative,
+        PaymentMethod::AlipayQr,
+        PaymentMethod::AlipayPage,
+        PaymentMethod::StripeCheckout,
+        PaymentMethod::Mock,
+    ];
+
+    /// Canonical names and the aliases integrators use, case-insensitively.
+    pub fn parse(s: &str) -> Option<PaymentMethod> {
+        match s.to_ascii_lowercase().as_str() {
+            "wechat_native" | "wechat" => Some(PaymentMethod::WechatNative),
+            "alipay_qr" | "alipay" => Some(PaymentMethod::AlipayQr),
+            "alipay_page" => Some(PaymentMethod::AlipayPage),
+            "stripe_checkout" | "stripe" => Some(PaymentMethod::StripeCheckout),
+            "mock" => Some(PaymentMethod::Mock),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::WechatNative => "wechat_native",
+            PaymentMethod::AlipayQr => "alipay_qr",
+            PaymentMethod::AlipayPage => "alipay_page",
+            PaymentMethod::StripeCheckout => "stripe_checkout",
+            PaymentMethod::Mock => "mock",
+        }
+    }
+
+    /// QR methods show a code; the others redirect the buyer to a payment page.
+    pub fn is_qr(self) -> bool {
+        matches!(
+            self,
+            PaymentMethod::WechatNative | PaymentMethod::AlipayQr | PaymentMethod::Mock
+        )
+    }
+
+    /// WeChat Pay and Alipay settle CNY only.
+    pub fn supports_currency(self, currency: &Currency) -> bool {
+        match self {
+            PaymentMethod::WechatNative | PaymentMethod::AlipayQr | PaymentMethod::AlipayPage => {
+                currency.as_str() == "CNY"
+            }
+            PaymentMethod::StripeCheckout | PaymentMethod::Mock => true,
+        }
+    }
+}
+
+/// The provider of record: where an order was created, queried and refunded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProviderKind {
+    Mock = 0,
+    WechatV3 = 1,
+    WechatV2 = 2,
+    Alipay = 3,
+    Stripe = 4,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Mock => "mock",
+            ProviderKind::WechatV3 => "wechat_v3",
+            ProviderKind::WechatV2 => "wechat_v2",
+            ProviderKind::Alipay => "alipay",
+            ProviderKind::Stripe => "stripe",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OrderStatus {
+    Pending = 0,
+    Paid = 1,
+    PartiallyRefunded = 2,
+    Refunded = 3,
+    Cancelled = 4,
+    Expired = 5,
+    Failed = 6,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 7] = [
+        OrderStatus::Pending,
+        OrderStatus::Paid,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+        OrderStatus::Cancelled,
+        OrderStatus::Expired,
+        OrderStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Paid => "paid",
+            OrderStatus::PartiallyRefunded => "partially_refunded",
+            OrderStatus::Refunded => "refunded",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+            OrderStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Nothing leaves these except through the late-payment rule.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Cancelled
+                | OrderStatus::Expired
+                | OrderStatus::Failed
+                | OrderStatus::Refunded
+        )
+    }
+
+    /// States in which money has been taken and granted.
+    pub fn is_paid(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded
+        )
+    }
+}
+
+/// What the buyer bought, frozen at purchase time: later package edits never change
+/// an existing order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageSnapshot {
+    pub name: String,
+    pub kind: PackageKind,
+    pub membership_type: Option<String>,
+    pub validity_days: Option<u32>,
+    pub queries_count: Option<u32>,
+    pub points: Option<u64>,
+    pub bonus_points: Option<u64>,
+}
+
+impl From<&Package> for PackageSnapshot {
+    fn from(p: &Package) -> Self {
+        PackageSnapshot {
+            name: p.name.clone(),
+            kind: p.kind,
+            membership_type: p.membership_type.clone(),
+            validity_days: p.validity_days,
+            queries_count: p.queries_count,
+            points: p.points,
+            bonus_points: p.bonus_points,
+        }
+    }
+}
+
+/// How a confirmed payment was dealt with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentDisposition {
+    /// Paid the order and granted it.
+    Granted = 0,
+    /// Amount or currency differed from the order: nothing granted.
+    AmountMismatch = 1,
+    /// A second transaction for an order already paid.
+    DoublePayment = 2,
+    /// Arrived after cancel/expiry under the refund policy: to be refunded.
+    LateRefund = 3,
+}
+
+/// Where a payment confirmation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentSource {
+    Callback = 0,
+    Query = 1,
+    Admin = 2,
+}
+
+/// A provider-confirmed payment, as recorded on the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub transaction_id: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub paid_at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub source: PaymentSource,
+    pub disposition: PaymentDisposition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnomalyKind {
+    AmountMismatch = 0,
+    DoublePayment = 1,
+    LatePaymentRefund = 2,
+}
+
+impl AnomalyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::AmountMismatch => "amount_mismatch",
+            AnomalyKind::DoublePayment => "double_payment",
+            AnomalyKind::LatePaymentRefund => "late_payment_refund",
+        }
+    }
+}
+
+/// Something a human must look at; kept on the order with its evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub kind: AnomalyKind,
+    pub transaction_id: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub detail: String,
+    pub at: Timestamp,
+    pub resolved: bool,
+}
+
+/// A pending deadline of an order. `generation` lets a stale firing be ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    pub at: Timestamp,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TimerKind {
+    /// Time for the next active status query.
+    Poll = 0,
+    /// The order's expiry: start query → close → query.
+    Expire = 1,
+    /// Retry of a provider call in the expiry sequence that failed.
+    Retry = 2,
+}
+
+impl TimerKind {
+    pub const ALL: [TimerKind; 3] = [TimerKind::Poll, TimerKind::Expire, TimerKind::Retry];
+
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+    pub fn from_u8(v: u8) -> Option<TimerKind> {
+        TimerKind::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timers {
+    pub poll: Option<Timer>,
+    pub expire: Option<Timer>,
+    pub retry: Option<Timer>,
+}
+
+impl Timers {
+    pub fn get(&self, kind: TimerKind) -> Option<Timer> {
+        match kind {
+            TimerKind::Poll => self.poll,
+            TimerKind::Expire => self.expire,
+            TimerKind::Retry => self.retry,
+        }
+    }
+    pub fn slot(&mut self, kind: TimerKind) -> &mut Option<Timer> {
+        match kind {
+            TimerKind::Poll => &mut self.poll,
+            TimerKind::Expire => &mut self.expire,
+            TimerKind::Retry => &mut self.retry,
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (TimerKind, Timer)> + '_ {
+        TimerKind::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).map(|t| (k, t)))
+    }
+}
+
+/// Where the expiry sequence stands: query, then close, then query again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseStep {
+    QueryBeforeClose = 0,
+    Close = 1,
+    QueryAfterClose = 2,
+}
+
+/// An order and everything the state machine needs to decide its next step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_no: String,
+    pub user_id: String,
+    pub package_id: String,
+    pub package: PackageSnapshot,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub payment_method: PaymentMethod,
+    pub provider: ProviderKind,
+    pub status: OrderStatus,
+    /// Set while the expiry sequence runs (the order is `pending/closing`).
+    pub closing: Option<CloseStep>,
+    pub trade_opened: bool,
+    pub qr_code_url: Option<String>,
+    pub qr_code_expire_at: Option<Timestamp>,
+    pub payment_url: Option<String>,
+    /// The provider's own handle on the trade where it has one (a Stripe session id).
+    pub provider_trade_ref: Option<String>,
+    pub client_ip: Option<String>,
+    pub expire_at: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub paid_at: Option<Timestamp>,
+    pub cancelled_at: Option<Timestamp>,
+    pub provider_transaction_id: Option<String>,
+    pub refunded_amount_minor: i64,
+    pub failure_reason: Option<String>,
+    pub late_payment: bool,
+    pub granted: bool,
+    pub payments: Vec<Payment>,
+    pub anomalies: Vec<Anomaly>,
+    pub timers: Timers,
+    pub timer_generation: u64,
+    pub poll_count: u32,
+    pub retry_count: u32,
+    /// Incremented on every persisted transition; numbers the timeline.
+    pub version: u64,
+}
+
+impl payd_storage::Record for Order {
+    const SCHEMA: u8 = 1;
+}
+
+/// One line of an order's append-only timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: Timestamp,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub event: String,
+    pub actor: Actor,
+    pub reason: Option<String>,
+}
+
+impl payd_storage::Record for TimelineEntry {
+    const SCHEMA: u8 = 1;
+}
+
+/// A user's active membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub membership_type: String,
+    pub expires_at: Timestamp,
+    pub queries_remaining: u64,
+}
+
+/// What a user holds. Paid and bonus points are kept apart (bonus is spent first and
+/// refunds claw back each share separately).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entitlements {
+    pub membership: Option<Membership>,
+    pub points_paid: u64,
+    pub points_bonus: u64,
+    /// Number of history entries written; the next entry's sequence number.
+    pub history_len: u64,
+}
+
+impl payd_storage::Record for Entitlements {
+    const SCHEMA: u8 = 1;
+}
+
+impl Entitlements {
+    /// The membership as it stands at `now`: an expired one (and its queries) is gone.
+    pub fn active_membership(&self, now: Timestamp) -> Option<&Membership> {
+        self.membership.as_ref().filter(|m| m.expires_at > now)
+    }
+}
+
+/// An append-only record of a change to a user's entitlements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: Timestamp,
+    pub change: String,
+    pub order_no: Option<String>,
+    pub reason: String,
+    pub membership: Option<Membership>,
+    pub points_delta: i64,
+    pub bonus_points_delta: i64,
+    pub queries_delta: i64,
+}
+
+impl payd_storage::Record for HistoryEntry {
+    const SCHEMA: u8 = 1;
+}

@@ -1,0 +1,521 @@
+//! The order state machine: `step(&order, event, now, &policy) -> Transition`.
+//!
+//! Pure: no I/O, no clock of its own, no randomness, no async. Every decision about an
+//! order is made here and returned as data — the next record and a list of effects —
+//! which the order actor persists and then carries out. Deadlines are part of the
+//! record (`Order::timers`), so they are persisted with the transition that sets them;
+//! a deadline that fires with an old generation is ignored.
+
+use crate::model::{
+    Actor, Anomaly, AnomalyKind, CloseStep, Currency, Order, OrderStatus, Payment,
+    PaymentDisposition, PaymentSource, Timer, TimerKind, Timestamp,
+};
+
+/// Settings the machine needs, taken from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub query_interval_ms: i64,
+    pub query_retry_max: u32,
+    pub qr_code_expire_ms: i64,
+    pub late_payment: LatePaymentPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatePaymentPolicy {
+    /// The order becomes paid (`late_payment: true`) and is granted.
+    Grant,
+    /// The order keeps its final status; the payment is recorded and refunded.
+    Refund,
+}
+
+/// A payment as a provider (or its query) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentReport {
+    pub transaction_id: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub paid_at: Timestamp,
+    pub source: PaymentSource,
+}
+
+/// What an active status query found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryOutcome {
+    Paid(PaymentReport),
+    /// Still awaiting payment (or the provider has no such trade yet).
+    NotPaid,
+    /// The provider closed the trade; it can no longer be paid.
+    Closed,
+    /// The provider reports the payment failed for good.
+    Failed { reason: String },
+    /// The query itself failed (network, timeout, provider error).
+    Error { reason: String },
+}
+
+/// What closing the trade at the provider answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseOutcome {
+    Closed,
+    /// The trade cannot be closed because it was paid: a query tells us the payment.
+    AlreadyPaid,
+    Error { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The provider opened the trade: a QR code or a payment URL to show.
+    TradeOpened {
+        qr_code_url: Option<String>,
+        payment_url: Option<String>,
+        trade_ref: Option<String>,
+    },
+    TradeOpenFailed { reason: String },
+    /// The buyer asks for a fresh QR code for the same trade.
+    RefreshQr,
+    QrReissued { qr_code_url: String },
+    /// A verified payment confirmation (callback, or the mock's simulated one).
+    Confirmed(PaymentReport),
+    /// A verified report that the payment failed.
+    PaymentFailed { reason: String },
+    QueryResult(QueryOutcome),
+    CloseResult(CloseOutcome),
+    Cancel { by: Actor },
+    Timer { kind: TimerKind, generation: u64 },
+}
+
+impl Event {
+    /// A short name for logs and the timeline.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::TradeOpened { .. } => "trade_opened",
+            Event::TradeOpenFailed { .. } => "trade_open_failed",
+            Event::RefreshQr => "refresh_qr",
+            Event::QrReissued { .. } => "qr_reissued",
+            Event::Confirmed(_) => "payment_confirmed",
+            Event::PaymentFailed { .. } => "payment_failed",
+            Event::QueryResult(_) => "query_result",
+            Event::CloseResult(_) => "close_result",
+            Event::Cancel { .. } => "cancel",
+            Event::Timer { kind, .. } => match kind {
+                TimerKind::Poll => "poll_due",
+                TimerKind::Expire => "order_expired",
+                TimerKind::Retry => "retry_due",
+            },
+        }
+    }
+
+    pub fn actor(&self) -> Actor {
+        match self {
+            Event::RefreshQr => Actor::User,
+            Event::Cancel { by } => *by,
+            Event::Timer { .. } => Actor::System,
+            _ => Actor::Provider,
+        }
+    }
+}
+
+/// Things to do after the transition is durable (or, for `Grant`, inside the same
+/// storage command as the transition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Ask the provider for a QR code again, for the same trade.
+    ReissueQr,
+    /// Query the trade's status at the provider.
+    Query,
+    /// Close the trade at the provider.
+    Close,
+    /// Grant the order's package to its buyer. Applied in the transition's own storage
+    /// command, so a paid order and its grant are durable together or not at all.
+    Grant,
+    /// A payment that must go back to the buyer (double or late payment).
+    QueueRefund { transaction_id: String, amount_minor: i64 },
+    /// Something an operator must hear about.
+    Alert { kind: AlertKind, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    AmountMismatch,
+    DoublePayment,
+    LatePayment,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub next: Order,
+    pub effects: Vec<Effect>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("order is {0:?} and cannot be cancelled")]
+    NotCancellable(OrderStatus),
+    #[error("order is {0:?}, not awaiting payment")]
+    NotPending(OrderStatus),
+    #[error("the provider trade is not open yet")]
+    TradeNotOpen,
+}
+
+/// Decides what `event` does to `order` at `now`.
+pub fn step(
+    order: &Order,
+    event: Event,
+    now: Timestamp,
+    policy: &Policy,
+) -> Result<Transition, Rejection> {
+    let mut next = order.clone();
+    let mut effects = Vec::new();
+    match event {
+        Event::TradeOpened {
+            qr_code_url,
+            payment_url,
+            trade_ref,
+        } => {
+            if order.status == OrderStatus::Pending && !order.trade_opened {
+                next.trade_opened = true;
+                next.qr_code_expire_at = qr_code_url
+                    .as_ref()
+                    .map(|_| qr_expiry(order, now, policy));
+                next.qr_code_url = qr_code_url;
+                next.payment_url = payment_url;
+                next.provider_trade_ref = trade_ref;
+            } else if !order.trade_opened && order.status.is_final() {
+                // Cancelled (or failed) while the trade was being opened: the trade
+                // now exists at the provider, so close it before anyone can pay it.
+                next.trade_opened = true;
+                next.provider_trade_ref = trade_ref;
+                effects.push(Effect::Close);
+            }
+        }
+        Event::TradeOpenFailed { reason } => {
+            if order.status == OrderStatus::Pending && !order.trade_opened {
+                fail(&mut next, format!("provider_error: {reason}"));
+                // A timed-out create may still have opened the trade: close it.
+                effects.push(Effect::Close);
+            }
+        }
+        Event::RefreshQr => {
+            if order.status != OrderStatus::Pending || order.closing.is_some() {
+                return Err(Rejection::NotPending(order.status));
+            }
+            if !order.trade_opened {
+                return Err(Rejection::TradeNotOpen);
+            }
+            effects.push(Effect::ReissueQr);
+        }
+        Event::QrReissued { qr_code_url } => {
+            if order.status == OrderStatus::Pending && order.closing.is_none() {
+                next.qr_code_expire_at = Some(qr_expiry(order, now, policy));
+                next.qr_code_url = Some(qr_code_url);
+            }
+        }
+        Event::Confirmed(report) => confirm(&mut next, &mut effects, report, now, policy),
+        Event::PaymentFailed { reason } => {
+            if order.status == OrderStatus::Pending {
+                fail(&mut next, reason);
+                effects.push(Effect::Close);
+            }
+        }
+        Event::QueryResult(outcome) => query_result(&mut next, &mut effects, outcome, now, policy),
+        Event::CloseResult(outcome) => close_result(&mut next, &mut effects, outcome, now, policy),
+        Event::Cancel { .. } => {
+            if order.status != OrderStatus::Pending {
+                return Err(Rejection::NotCancellable(order.status));
+            }
+            next.status = OrderStatus::Cancelled;
+            next.cancelled_at = Some(now);
+            next.closing = None;
+            next.timers = Default::default();
+            if order.trade_opened {
+                effects.push(Effect::Close);
+            }
+        }
+        Event::Timer { kind, generation } => {
+            if order.timers.get(kind).map(|t| t.generation) != Some(generation) {
+                // A deadline that was replaced or cleared: ignore it.
+                return Ok(Transition { next, effects });
+            }
+            *next.timers.slot(kind) = None;
+            timer_fired(&mut next, &mut effects, kind, now, policy);
+        }
+    }
+    if next != *order {
+        next.updated_at = now;
+    }
+    Ok(Transition { next, effects })
+}
+
+fn qr_expiry(order: &Order, now: Timestamp, policy: &Policy) -> Timestamp {
+    now.plus_ms(policy.qr_code_expire_ms).min(order.expire_at)
+}
+
+fn set_timer(order: &mut Order, kind: TimerKind, at: Timestamp) {
+    order.timer_generation += 1;
+    *order.timers.slot(kind) = Some(Timer {
+        at,
+        generation: order.timer_generation,
+    });
+}
+
+fn fail(order: &mut Order, reason: String) {
+    order.status = OrderStatus::Failed;
+    order.failure_reason = Some(reason);
+    order.closing = None;
+    order.timers = Default::default();
+}
+
+fn timer_fired(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    kind: TimerKind,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    if order.status != OrderStatus::Pending {
+        return;
+    }
+    match kind {
+        TimerKind::Poll => {
+            if order.closing.is_none() {
+                order.poll_count += 1;
+                effects.push(Effect::Query);
+            }
+        }
+        TimerKind::Expire => {
+            order.timers.poll = None;
+            order.closing = Some(CloseStep::QueryBeforeClose);
+            order.retry_count = 0;
+            effects.push(Effect::Query);
+        }
+        TimerKind::Retry => match order.closing {
+            Some(CloseStep::Close) => effects.push(Effect::Close),
+            Some(_) => effects.push(Effect::Query),
+            None => {}
+        },
+    }
+    let _ = (now, policy);
+}
+
+/// Polling: the first query comes `query_interval` after creation (set when the order
+/// is created), then the interval doubles, at most `query_retry_max` queries; a query
+/// that would fall at or after expiry is left to the expiry sequence.
+fn schedule_next_poll(order: &mut Order, now: Timestamp, policy: &Policy) {
+    if order.poll_count >= policy.query_retry_max {
+        return;
+    }
+    let factor = 1i64 << order.poll_count.min(20);
+    let at = now.plus_ms(policy.query_interval_ms.saturating_mul(factor));
+    if at < order.expire_at {
+        set_timer(order, TimerKind::Poll, at);
+    }
+}
+
+/// A failed provider call in the expiry sequence: retry with a doubling delay, at
+/// most `query_retry_max` times; then move on (the trade's own `time_expire` has
+/// passed at the provider, and a payment that surfaces later is a late payment).
+fn retry_or_give_up(order: &mut Order, now: Timestamp, policy: &Policy) -> bool {
+    if order.retry_count >= policy.query_retry_max {
+        order.retry_count = 0;
+        return false;
+    }
+    let delay = policy
+        .query_interval_ms
+        .min(30_000)
+        .saturating_mul(1i64 << order.retry_count.min(10));
+    order.retry_count += 1;
+    set_timer(order, TimerKind::Retry, now.plus_ms(delay));
+    true
+}
+
+fn query_result(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    outcome: QueryOutcome,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    if let QueryOutcome::Paid(report) = outcome {
+        return confirm(order, effects, report, now, policy);
+    }
+    if order.status != OrderStatus::Pending {
+        return;
+    }
+    match order.closing {
+        None => match outcome {
+            QueryOutcome::Failed { reason } => {
+                fail(order, reason);
+                effects.push(Effect::Close);
+            }
+            // Closed at the provider without us asking (its own expiry): the expiry
+            // deadline finishes the order through the usual sequence.
+            _ => schedule_next_poll(order, now, policy),
+        },
+        Some(CloseStep::QueryBeforeClose) => match outcome {
+            QueryOutcome::Error { .. } if retry_or_give_up(order, now, policy) => {}
+            _ => {
+                order.closing = Some(CloseStep::Close);
+                order.retry_count = 0;
+                effects.push(Effect::Close);
+            }
+        },
+        Some(CloseStep::QueryAfterClose) => match outcome {
+            QueryOutcome::Error { .. } if retry_or_give_up(order, now, policy) => {}
+            QueryOutcome::Failed { reason } => fail(order, reason),
+            _ => {
+                order.status = OrderStatus::Expired;
+                order.closing = None;
+                order.timers = Default::default();
+            }
+        },
+        // A query answer while the close is in flight: the close result decides.
+        Some(CloseStep::Close) => {}
+    }
+}
+
+fn close_result(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    outcome: CloseOutcome,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    match (order.status, order.closing) {
+        (OrderStatus::Pending, Some(CloseStep::Close)) => match outcome {
+            CloseOutcome::Error { .. } if retry_or_give_up(order, now, policy) => {}
+            _ => {
+                order.closing = Some(CloseStep::QueryAfterClose);
+                order.retry_count = 0;
+                effects.push(Effect::Query);
+            }
+        },
+        // A close after cancel (or failure) found the trade paid: learn the payment,
+        // which then follows the late-payment rule.
+        (status, _) if status.is_final() && outcome == CloseOutcome::AlreadyPaid => {
+            effects.push(Effect::Query);
+        }
+        _ => {}
+    }
+}
+
+fn confirm(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    report: PaymentReport,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    if order
+        .payments
+        .iter()
+        .any(|p| p.transaction_id == report.transaction_id)
+    {
+        // The same transaction again (callback + poll, repeated callbacks): no-op.
+        return;
+    }
+    let matches = report.amount_minor == order.amount_minor && report.currency == order.currency;
+    let record = |order: &mut Order, disposition: PaymentDisposition| {
+        order.payments.push(Payment {
+            transaction_id: report.transaction_id.clone(),
+            amount_minor: report.amount_minor,
+            currency: report.currency.clone(),
+            paid_at: report.paid_at,
+            recorded_at: now,
+            source: report.source,
+            disposition,
+        });
+    };
+    let anomaly = |order: &mut Order, kind: AnomalyKind, detail: String| {
+        order.anomalies.push(Anomaly {
+            kind,
+            transaction_id: report.transaction_id.clone(),
+            amount_minor: report.amount_minor,
+            currency: report.currency.clone(),
+            detail,
+            at: now,
+            resolved: false,
+        });
+    };
+
+    if !matches {
+        let detail = format!(
+            "paid {} {} for an order of {} {}",
+            report.amount_minor,
+            report.currency.as_str(),
+            order.amount_minor,
+            order.currency.as_str()
+        );
+        record(order, PaymentDisposition::AmountMismatch);
+        anomaly(order, AnomalyKind::AmountMismatch, detail.clone());
+        if order.status == OrderStatus::Pending {
+            fail(order, "amount_mismatch".into());
+        }
+        effects.push(Effect::Alert {
+            kind: AlertKind::AmountMismatch,
+            detail,
+        });
+        return;
+    }
+
+    if order.status == OrderStatus::Pending {
+        record(order, PaymentDisposition::Granted);
+        mark_paid(order, &report, now);
+        effects.push(Effect::Grant);
+        return;
+    }
+
+    if order.status.is_paid() {
+        let detail = format!(
+            "second transaction {} on an order already paid by {}",
+            report.transaction_id,
+            order.provider_transaction_id.as_deref().unwrap_or("?")
+        );
+        record(order, PaymentDisposition::DoublePayment);
+        anomaly(order, AnomalyKind::DoublePayment, detail.clone());
+        effects.push(Effect::QueueRefund {
+            transaction_id: report.transaction_id.clone(),
+            amount_minor: report.amount_minor,
+        });
+        effects.push(Effect::Alert {
+            kind: AlertKind::DoublePayment,
+            detail,
+        });
+        return;
+    }
+
+    // Cancelled, expired or failed: the late-payment rule.
+    let detail = format!(
+        "payment {} confirmed after the order was {}",
+        report.transaction_id,
+        order.status.as_str()
+    );
+    match policy.late_payment {
+        LatePaymentPolicy::Grant => {
+            record(order, PaymentDisposition::Granted);
+            mark_paid(order, &report, now);
+            order.late_payment = true;
+            order.failure_reason = None;
+            effects.push(Effect::Grant);
+        }
+        LatePaymentPolicy::Refund => {
+            record(order, PaymentDisposition::LateRefund);
+            anomaly(order, AnomalyKind::LatePaymentRefund, detail.clone());
+            effects.push(Effect::QueueRefund {
+                transaction_id: report.transaction_id.clone(),
+                amount_minor: report.amount_minor,
+            });
+        }
+    }
+    effects.push(Effect::Alert {
+        kind: AlertKind::LatePayment,
+        detail,
+    });
+}
+
+fn mark_paid(order: &mut Order, report: &PaymentReport, now: Timestamp) {
+    order.status = OrderStatus::Paid;
+    order.paid_at = Some(report.paid_at.min(now));
+    order.provider_transaction_id = Some(report.transaction_id.clone());
+    order.closing = None;
+    order.timers = Default::default();
+    order.granted = true;
+}

@@ -1,0 +1,351 @@
+//! Rule-by-rule tests of the order machine, and property tests over random event
+//! sequences (proptest; a failure prints its minimal sequence and replays from the
+//! seed proptest records).
+
+use proptest::prelude::*;
+
+use super::machine::*;
+use crate::model::*;
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+const MIN: i64 = 60_000;
+
+fn policy(late: LatePaymentPolicy) -> Policy {
+    Policy {
+        query_interval_ms: MIN,
+        query_retry_max: 5,
+        qr_code_expire_ms: 15 * MIN,
+        late_payment: late,
+    }
+}
+
+pub(crate) fn new_order() -> Order {
+    let mut o = Order {
+        order_no: "PD2611222033150000000000000000".into(),
+        user_id: "u1".into(),
+        package_id: "basic".into(),
+        package: PackageSnapshot {
+            name: "basic".into(),
+            kind: PackageKind::Membership,
+            membership_type: Some("pro".into()),
+            validity_days: Some(30),
+            queries_count: Some(100),
+            points: None,
+            bonus_points: None,
+        },
+        amount_minor: 990,
+        currency: Currency::parse("CNY").unwrap(),
+        payment_method: PaymentMethod::Mock,
+        provider: ProviderKind::Mock,
+        status: OrderStatus::Pending,
+        closing: None,
+        trade_opened: false,
+        qr_code_url: None,
+        qr_code_expire_at: None,
+        payment_url: None,
+        provider_trade_ref: None,
+        client_ip: None,
+        expire_at: T0.plus_ms(30 * MIN),
+        created_at: T0,
+        updated_at: T0,
+        paid_at: None,
+        cancelled_at: None,
+        provider_transaction_id: None,
+        refunded_amount_minor: 0,
+        failure_reason: None,
+        late_payment: false,
+        granted: false,
+        payments: vec![],
+        anomalies: vec![],
+        timers: Timers::default(),
+        timer_generation: 0,
+        poll_count: 0,
+        retry_count: 0,
+        version: 0,
+    };
+    o.timer_generation = 2;
+    o.timers.poll = Some(Timer { at: T0.plus_ms(MIN), generation: 1 });
+    o.timers.expire = Some(Timer { at: o.expire_at, generation: 2 });
+    o
+}
+
+fn pay(tx: &str, amount: i64) -> Event {
+    Event::Confirmed(PaymentReport {
+        transaction_id: tx.into(),
+        amount_minor: amount,
+        currency: Currency::parse("CNY").unwrap(),
+        paid_at: T0,
+        source: PaymentSource::Callback,
+    })
+}
+
+fn run(o: &Order, e: Event, late: LatePaymentPolicy) -> Transition {
+    step(o, e, T0.plus_ms(MIN), &policy(late)).expect("accepted")
+}
+
+fn fire(o: &Order, kind: TimerKind) -> Transition {
+    let t = o.timers.get(kind).expect("timer set");
+    step(o, Event::Timer { kind, generation: t.generation }, t.at, &policy(LatePaymentPolicy::Grant)).unwrap()
+}
+
+#[test]
+fn payment_grants_once_and_duplicate_is_a_no_op() {
+    let o = new_order();
+    let t = run(&o, pay("tx1", 990), LatePaymentPolicy::Grant);
+    assert_eq!(t.next.status, OrderStatus::Paid);
+    assert_eq!(t.effects, vec![Effect::Grant]);
+    assert!(t.next.timers.iter().next().is_none(), "no deadlines after paid");
+    let again = run(&t.next, pay("tx1", 990), LatePaymentPolicy::Grant);
+    assert_eq!(again.next, t.next);
+    assert!(again.effects.is_empty());
+}
+
+#[test]
+fn a_second_transaction_is_a_double_payment_queued_for_refund() {
+    let paid = run(&new_order(), pay("tx1", 990), LatePaymentPolicy::Grant).next;
+    let t = run(&paid, pay("tx2", 990), LatePaymentPolicy::Grant);
+    assert_eq!(t.next.status, OrderStatus::Paid);
+    assert!(!t.effects.contains(&Effect::Grant));
+    assert!(t.effects.contains(&Effect::QueueRefund { transaction_id: "tx2".into(), amount_minor: 990 }));
+    assert_eq!(t.next.anomalies[0].kind, AnomalyKind::DoublePayment);
+}
+
+#[test]
+fn wrong_amount_fails_the_order_with_an_anomaly_and_no_grant() {
+    let t = run(&new_order(), pay("tx1", 989), LatePaymentPolicy::Grant);
+    assert_eq!(t.next.status, OrderStatus::Failed);
+    assert_eq!(t.next.failure_reason.as_deref(), Some("amount_mismatch"));
+    assert!(!t.effects.contains(&Effect::Grant));
+    assert_eq!(t.next.anomalies.len(), 1);
+    // The provider repeating that callback changes nothing.
+    let again = run(&t.next, pay("tx1", 989), LatePaymentPolicy::Grant);
+    assert!(again.effects.is_empty() && again.next == t.next);
+}
+
+#[test]
+fn late_payment_follows_the_policy() {
+    let cancelled = run(&new_order(), Event::Cancel { by: Actor::User }, LatePaymentPolicy::Grant).next;
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    let granted = run(&cancelled, pay("tx1", 990), LatePaymentPolicy::Grant);
+    assert_eq!(granted.next.status, OrderStatus::Paid);
+    assert!(granted.next.late_payment);
+    assert!(granted.effects.contains(&Effect::Grant));
+    let refunded = run(&cancelled, pay("tx1", 990), LatePaymentPolicy::Refund);
+    assert_eq!(refunded.next.status, OrderStatus::Cancelled);
+    assert!(!refunded.effects.contains(&Effect::Grant));
+    assert!(refunded.effects.iter().any(|e| matches!(e, Effect::QueueRefund { .. })));
+}
+
+#[test]
+fn expiry_runs_query_close_query_and_the_last_answer_decides() {
+    let o = run(&new_order(), Event::TradeOpened { qr_code_url: Some("q".into()), payment_url: None, trade_ref: None }, LatePaymentPolicy::Grant).next;
+    let t = fire(&o, TimerKind::Expire);
+    assert_eq!(t.next.closing, Some(CloseStep::QueryBeforeClose));
+    assert_eq!(t.effects, vec![Effect::Query]);
+    let t = run(&t.next, Event::QueryResult(QueryOutcome::NotPaid), LatePaymentPolicy::Grant);
+    assert_eq!(t.effects, vec![Effect::Close]);
+    let t = run(&t.next, Event::CloseResult(CloseOutcome::Closed), LatePaymentPolicy::Grant);
+    assert_eq!(t.effects, vec![Effect::Query]);
+    let expired = run(&t.next, Event::QueryResult(QueryOutcome::NotPaid), LatePaymentPolicy::Grant);
+    assert_eq!(expired.next.status, OrderStatus::Expired);
+    // Same sequence, but the buyer paid while the close was in flight.
+    let paid = run(&t.next, Event::QueryResult(QueryOutcome::Paid(match pay("tx9", 990) { Event::Confirmed(r) => r, _ => unreachable!() })), LatePaymentPolicy::Grant);
+    assert_eq!(paid.next.status, OrderStatus::Paid);
+    assert!(!paid.next.late_payment);
+}
+
+#[test]
+fn stale_deadlines_are_ignored() {
+    let o = new_order();
+    let t = step(&o, Event::Timer { kind: TimerKind::Expire, generation: 1 }, o.expire_at, &policy(LatePaymentPolicy::Grant)).unwrap();
+    assert_eq!(t.next, o);
+    assert!(t.effects.is_empty());
+}
+
+#[test]
+fn polling_doubles_and_never_passes_expiry() {
+    let mut o = new_order();
+    let mut polls = 0;
+    while let Some(t) = o.timers.poll {
+        let fired = fire(&o, TimerKind::Poll);
+        assert_eq!(fired.effects, vec![Effect::Query]);
+        polls += 1;
+        o = step(&fired.next, Event::QueryResult(QueryOutcome::NotPaid), t.at, &policy(LatePaymentPolicy::Grant)).unwrap().next;
+        if let Some(n) = o.timers.poll {
+            assert!(n.at < o.expire_at);
+            assert!(n.at.ms() - t.at.ms() >= MIN);
+        }
+    }
+    // 1 + 2 + 4 + 8 = 15 minutes; the next (16 later) would pass the 30-minute expiry.
+    assert_eq!(polls, 4);
+}
+
+#[test]
+fn cancel_commits_at_once_and_closes_afterwards() {
+    let o = run(&new_order(), Event::TradeOpened { qr_code_url: Some("q".into()), payment_url: None, trade_ref: None }, LatePaymentPolicy::Grant).next;
+    let t = run(&o, Event::Cancel { by: Actor::User }, LatePaymentPolicy::Grant);
+    assert_eq!(t.next.status, OrderStatus::Cancelled);
+    assert_eq!(t.effects, vec![Effect::Close]);
+    let paid = run(&o, pay("tx1", 990), LatePaymentPolicy::Grant).next;
+    assert_eq!(step(&paid, Event::Cancel { by: Actor::User }, T0, &policy(LatePaymentPolicy::Grant)), Err(Rejection::NotCancellable(OrderStatus::Paid)));
+    // The close finds the trade paid: a query learns the payment (late-payment rule).
+    let t2 = run(&t.next, Event::CloseResult(CloseOutcome::AlreadyPaid), LatePaymentPolicy::Grant);
+    assert_eq!(t2.effects, vec![Effect::Query]);
+}
+
+#[test]
+fn qr_reissue_stays_within_the_order_expiry() {
+    let o = run(&new_order(), Event::TradeOpened { qr_code_url: Some("q1".into()), payment_url: None, trade_ref: None }, LatePaymentPolicy::Grant).next;
+    assert_eq!(o.qr_code_expire_at, Some(T0.plus_ms(16 * MIN)));
+    let t = step(&o, Event::RefreshQr, T0.plus_ms(20 * MIN), &policy(LatePaymentPolicy::Grant)).unwrap();
+    assert_eq!(t.effects, vec![Effect::ReissueQr]);
+    let t = step(&o, Event::QrReissued { qr_code_url: "q1".into() }, T0.plus_ms(20 * MIN), &policy(LatePaymentPolicy::Grant)).unwrap();
+    assert_eq!(t.next.qr_code_expire_at, Some(o.expire_at));
+}
+
+// ---- property tests over random event sequences ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Open,
+    OpenFail,
+    Refresh,
+    Reissue,
+    Pay { tx: u8, delta: i64, usd: bool, by_query: bool },
+    Fail,
+    Query(u8),
+    Close(u8),
+    Cancel,
+    FireCurrent(u8),
+    FireStale(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Open),
+        Just(Op::OpenFail),
+        Just(Op::Refresh),
+        Just(Op::Reissue),
+        (0u8..3, prop_oneof![Just(0i64), Just(1), Just(-1)], any::<bool>(), any::<bool>())
+            .prop_map(|(tx, delta, usd, by_query)| Op::Pay { tx, delta, usd, by_query }),
+        Just(Op::Fail),
+        (0u8..4).prop_map(Op::Query),
+        (0u8..3).prop_map(Op::Close),
+        Just(Op::Cancel),
+        (0u8..3).prop_map(Op::FireCurrent),
+        (0u8..3).prop_map(Op::FireStale),
+    ]
+}
+
+fn to_event(o: &Order, op: &Op) -> Event {
+    let kind = |k: u8| TimerKind::ALL[k as usize % 3];
+    match op {
+        Op::Open => Event::TradeOpened { qr_code_url: Some("q".into()), payment_url: None, trade_ref: None },
+        Op::OpenFail => Event::TradeOpenFailed { reason: "timeout".into() },
+        Op::Refresh => Event::RefreshQr,
+        Op::Reissue => Event::QrReissued { qr_code_url: "q2".into() },
+        Op::Pay { tx, delta, usd, by_query } => {
+            let report = PaymentReport {
+                transaction_id: format!("tx{tx}"),
+                amount_minor: o.amount_minor + delta,
+                currency: Currency::parse(if *usd { "USD" } else { "CNY" }).unwrap(),
+                paid_at: T0,
+                source: if *by_query { PaymentSource::Query } else { PaymentSource::Callback },
+            };
+            if *by_query { Event::QueryResult(QueryOutcome::Paid(report)) } else { Event::Confirmed(report) }
+        }
+        Op::Fail => Event::PaymentFailed { reason: "declined".into() },
+        Op::Query(i) => Event::QueryResult(match i {
+            0 => QueryOutcome::NotPaid,
+            1 => QueryOutcome::Closed,
+            2 => QueryOutcome::Failed { reason: "payerror".into() },
+            _ => QueryOutcome::Error { reason: "timeout".into() },
+        }),
+        Op::Close(i) => Event::CloseResult(match i {
+            0 => CloseOutcome::Closed,
+            1 => CloseOutcome::AlreadyPaid,
+            _ => CloseOutcome::Error { reason: "timeout".into() },
+        }),
+        Op::Cancel => Event::Cancel { by: Actor::User },
+        Op::FireCurrent(k) => Event::Timer {
+            kind: kind(*k),
+            generation: o.timers.get(kind(*k)).map_or(0, |t| t.generation),
+        },
+        Op::FireStale(k) => Event::Timer { kind: kind(*k), generation: o.timer_generation + 1 },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_event_sequences_keep_the_money_rules(
+        ops in proptest::collection::vec(op(), 1..60),
+        refund_policy in any::<bool>(),
+    ) {
+        let late = if refund_policy { LatePaymentPolicy::Refund } else { LatePaymentPolicy::Grant };
+        let pol = policy(late);
+        let mut o = new_order();
+        let mut now = T0;
+        let mut grants = 0;
+        let mut refund_queued: Vec<String> = vec![];
+        for op in &ops {
+            now = now.plus_ms(7_000);
+            let event = to_event(&o, op);
+            let before = o.clone();
+            let Ok(t) = step(&o, event, now, &pol) else { continue };
+            // A final state is never left, except by the late-payment rule.
+            if before.status.is_final() && t.next.status != before.status {
+                prop_assert_eq!(late, LatePaymentPolicy::Grant);
+                prop_assert_eq!(t.next.status, OrderStatus::Paid);
+                prop_assert!(t.next.late_payment);
+                prop_assert_ne!(before.status, OrderStatus::Refunded);
+            }
+            // paid moves only through refunds (none exist yet).
+            if before.status.is_paid() {
+                prop_assert_eq!(t.next.status, before.status);
+            }
+            for e in &t.effects {
+                match e {
+                    Effect::Grant => {
+                        grants += 1;
+                        // A grant only with a matching amount.
+                        let p = t.next.payments.last().unwrap();
+                        prop_assert_eq!(p.amount_minor, o.amount_minor);
+                        prop_assert_eq!(&p.currency, &o.currency);
+                        prop_assert_eq!(p.disposition, PaymentDisposition::Granted);
+                        prop_assert_eq!(t.next.status, OrderStatus::Paid);
+                    }
+                    Effect::QueueRefund { transaction_id, .. } => refund_queued.push(transaction_id.clone()),
+                    _ => {}
+                }
+            }
+            // No deadline survives a non-pending order.
+            if t.next.status != OrderStatus::Pending {
+                prop_assert!(t.next.timers.iter().next().is_none());
+            }
+            o = t.next;
+        }
+        // Granted at most once, and exactly when the order is granted.
+        prop_assert!(grants <= 1);
+        prop_assert_eq!(grants == 1, o.granted);
+        // Every confirmed payment ends paid, queued for refund, or as an open anomaly.
+        let mut seen = std::collections::HashSet::new();
+        for p in &o.payments {
+            prop_assert!(seen.insert(p.transaction_id.clone()), "a transaction recorded twice");
+            match p.disposition {
+                PaymentDisposition::Granted => {
+                    prop_assert!(o.status.is_paid());
+                    prop_assert_eq!(o.provider_transaction_id.as_ref(), Some(&p.transaction_id));
+                }
+                PaymentDisposition::DoublePayment | PaymentDisposition::LateRefund => {
+                    prop_assert!(refund_queued.contains(&p.transaction_id));
+                }
+                PaymentDisposition::AmountMismatch => {
+                    prop_assert!(o.anomalies.iter().any(|a| a.transaction_id == p.transaction_id && !a.resolved));
+                }
+            }
+        }
+        prop_assert!(o.payments.iter().filter(|p| p.disposition == PaymentDisposition::Granted).count() <= 1);
+    }
+}
