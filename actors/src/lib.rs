@@ -1,8 +1,13 @@
 //! payd-actors: the payment domain and its actors.
 //!
 //! Knows nothing of HTTP or of any provider's wire format: providers plug in through
-//! the [`provider::PaymentProvider`] port, and all persistence goes through
-//! payd-storage commands defined in [`commands`].
+//! the [`provider::PaymentProvider`] port, and all persistence goes through the
+//! storage commands in [`commands`].
 
+pub mod clock;
+pub mod commands;
 pub mod model;
 pub mod order;
+pub mod provider;
+pub mod scheduler;
+pub mod tables;

@@ -63,12 +63,22 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_other_versions() {
-        let v = V1 { a: 7, b: "x".into() };
+        let v = V1 {
+            a: 7,
+            b: "x".into(),
+        };
         let bytes = encode_record(&v);
         assert_eq!(bytes[0], 1);
         assert_eq!(decode_record::<V1>("t", &bytes).unwrap(), v);
         let err = decode_record::<V2>("t", &bytes).unwrap_err();
-        assert!(matches!(err, StorageError::Schema { found: 1, expected: 2, .. }));
+        assert!(matches!(
+            err,
+            StorageError::Schema {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ));
         assert!(decode_record::<V1>("t", &[]).is_err());
         assert!(decode_record::<V1>("t", &[1, 0xff]).is_err());
     }

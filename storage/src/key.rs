@@ -38,6 +38,14 @@ impl KeyReader<'_> {
     }
 }
 
+/// The empty key: as a prefix it selects the whole table.
+impl Key for () {
+    fn encode(&self, _out: &mut Vec<u8>) {}
+    fn decode(_r: &mut KeyReader<'_>) -> Option<Self> {
+        Some(())
+    }
+}
+
 impl Key for u64 {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_be_bytes());

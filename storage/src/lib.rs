@@ -28,7 +28,11 @@ pub enum StorageError {
     #[error("storage is unavailable after a failed write; it is being reopened")]
     Unavailable,
     #[error("value in table {table} has schema version {found}, this build reads {expected}")]
-    Schema { table: &'static str, found: u8, expected: u8 },
+    Schema {
+        table: &'static str,
+        found: u8,
+        expected: u8,
+    },
     #[error("corrupt value in table {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("corrupt key in table {table}")]

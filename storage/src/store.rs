@@ -130,7 +130,10 @@ struct Shared {
 
 impl Shared {
     fn engine(&self) -> Option<Arc<Engine>> {
-        self.engine.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -366,7 +369,8 @@ impl ReadView {
         end_exclusive: &[u8],
         limit: usize,
     ) -> Result<Vec<(K, V)>> {
-        let range: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Unbounded, Bound::Excluded(end_exclusive));
+        let range: (Bound<&[u8]>, Bound<&[u8]>) =
+            (Bound::Unbounded, Bound::Excluded(end_exclusive));
         let iter = self
             .snapshot
             .range::<&[u8], _>(self.engine.keyspace(table.name), range);
@@ -374,7 +378,11 @@ impl ReadView {
     }
 
     /// Number of entries whose key starts with `prefix` (walks them).
-    pub fn count_prefix<K: Key, V: Record, P: Key>(&self, table: &Table<K, V>, prefix: &P) -> usize {
+    pub fn count_prefix<K: Key, V: Record, P: Key>(
+        &self,
+        table: &Table<K, V>,
+        prefix: &P,
+    ) -> usize {
         self.snapshot
             .prefix(self.engine.keyspace(table.name), prefix.to_bytes())
             .count()
@@ -382,7 +390,10 @@ impl ReadView {
 
     /// The first entry of a table, in key order.
     pub fn first<K: Key, V: Record>(&self, table: &Table<K, V>) -> Result<Option<(K, V)>> {
-        match self.snapshot.first_key_value(self.engine.keyspace(table.name)) {
+        match self
+            .snapshot
+            .first_key_value(self.engine.keyspace(table.name))
+        {
             Some(guard) => {
                 let (k, v) = guard.into_inner()?;
                 Ok(Some(table.decode_pair(&k, &v)?))
@@ -442,11 +453,15 @@ fn refuse(job: Job, error: StorageError) {
 
 fn run_batch(shared: &Shared, batch: Vec<Job>) {
     let Some(engine) = shared.engine() else {
-        batch.into_iter().for_each(|j| refuse(j, StorageError::Closed));
+        batch
+            .into_iter()
+            .for_each(|j| refuse(j, StorageError::Closed));
         return;
     };
     if !shared.healthy.load(Ordering::Acquire) {
-        batch.into_iter().for_each(|j| refuse(j, StorageError::Unavailable));
+        batch
+            .into_iter()
+            .for_each(|j| refuse(j, StorageError::Unavailable));
         return;
     }
     let started = Instant::now();
@@ -484,7 +499,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
             if wrote {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::trace!(commands = count, elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+            tracing::trace!(
+                commands = count,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "batch committed"
+            );
             finishers.into_iter().for_each(|f| f(Ok(())));
         }
         Err(e) => {
@@ -563,7 +582,11 @@ mod tests {
         Store::open(StoreOptions::new(dir, vec!["balances", "log"])).unwrap()
     }
 
-    async fn add(store: &Store, user: &str, delta: i64) -> Result<std::result::Result<i64, String>> {
+    async fn add(
+        store: &Store,
+        user: &str,
+        delta: i64,
+    ) -> Result<std::result::Result<i64, String>> {
         let user = user.to_string();
         store
             .submit(move |ctx| {
@@ -594,7 +617,10 @@ mod tests {
             t.await.unwrap().unwrap().unwrap();
         }
         let view = store.read().unwrap();
-        assert_eq!(view.get(&BALANCES, &"u".to_string()).unwrap(), Some(Balance(200)));
+        assert_eq!(
+            view.get(&BALANCES, &"u".to_string()).unwrap(),
+            Some(Balance(200))
+        );
         assert_eq!(view.count_prefix(&LOG, &"u".to_string()), 200);
         let stats = store.stats();
         assert!(stats.commits <= 200 && stats.commands == 200);
@@ -605,7 +631,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         add(&store, "a", 5).await.unwrap().unwrap();
-        assert_eq!(add(&store, "a", -6).await.unwrap(), Err("insufficient".into()));
+        assert_eq!(
+            add(&store, "a", -6).await.unwrap(),
+            Err("insufficient".into())
+        );
         let panicked = store
             .submit(|ctx| -> std::result::Result<(), ()> {
                 ctx.put(&BALANCES, &"a".to_string(), &Balance(1000));
@@ -623,11 +652,17 @@ mod tests {
             let store = open(dir.path());
             add(&store, "x", 42).await.unwrap().unwrap();
             store.shutdown().await;
-            assert!(matches!(add(&store, "x", 1).await, Err(StorageError::Closed)));
+            assert!(matches!(
+                add(&store, "x", 1).await,
+                Err(StorageError::Closed)
+            ));
         }
         let store = open(dir.path());
         let view = store.read().unwrap();
-        assert_eq!(view.get(&BALANCES, &"x".to_string()).unwrap(), Some(Balance(42)));
+        assert_eq!(
+            view.get(&BALANCES, &"x".to_string()).unwrap(),
+            Some(Balance(42))
+        );
     }
 
     #[tokio::test]
@@ -636,7 +671,10 @@ mod tests {
         let store = open(dir.path());
         add(&store, "a", 10).await.unwrap().unwrap();
         store.fail_next_commits(1);
-        assert!(matches!(add(&store, "a", 1).await, Err(StorageError::Unavailable)));
+        assert!(matches!(
+            add(&store, "a", 1).await,
+            Err(StorageError::Unavailable)
+        ));
         let mut healthy = false;
         for _ in 0..200 {
             if store.is_healthy() {
@@ -649,7 +687,10 @@ mod tests {
         assert_eq!(store.stats().reopens, 1);
         // Only acknowledged state is there after the reopen.
         let view = store.read().unwrap();
-        assert_eq!(view.get(&BALANCES, &"a".to_string()).unwrap(), Some(Balance(10)));
+        assert_eq!(
+            view.get(&BALANCES, &"a".to_string()).unwrap(),
+            Some(Balance(10))
+        );
         drop(view);
         assert_eq!(add(&store, "a", 1).await.unwrap(), Ok(11));
     }

@@ -17,6 +17,10 @@ pub struct Policy {
     pub query_interval_ms: i64,
     pub query_retry_max: u32,
     pub qr_code_expire_ms: i64,
+    /// First delay before a provider call of the expiry sequence is re-issued when its
+    /// answer failed or never came back (doubles on each retry). Longer than the
+    /// provider call timeout, so a slow answer is not raced by its own retry.
+    pub retry_base_ms: i64,
     pub late_payment: LatePaymentPolicy,
 }
 
@@ -47,9 +51,13 @@ pub enum QueryOutcome {
     /// The provider closed the trade; it can no longer be paid.
     Closed,
     /// The provider reports the payment failed for good.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// The query itself failed (network, timeout, provider error).
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
 }
 
 /// What closing the trade at the provider answered.
@@ -58,7 +66,9 @@ pub enum CloseOutcome {
     Closed,
     /// The trade cannot be closed because it was paid: a query tells us the payment.
     AlreadyPaid,
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +79,29 @@ pub enum Event {
         payment_url: Option<String>,
         trade_ref: Option<String>,
     },
-    TradeOpenFailed { reason: String },
+    TradeOpenFailed {
+        reason: String,
+    },
     /// The buyer asks for a fresh QR code for the same trade.
     RefreshQr,
-    QrReissued { qr_code_url: String },
+    QrReissued {
+        qr_code_url: String,
+    },
     /// A verified payment confirmation (callback, or the mock's simulated one).
     Confirmed(PaymentReport),
     /// A verified report that the payment failed.
-    PaymentFailed { reason: String },
+    PaymentFailed {
+        reason: String,
+    },
     QueryResult(QueryOutcome),
     CloseResult(CloseOutcome),
-    Cancel { by: Actor },
-    Timer { kind: TimerKind, generation: u64 },
+    Cancel {
+        by: Actor,
+    },
+    Timer {
+        kind: TimerKind,
+        generation: u64,
+    },
 }
 
 impl Event {
@@ -128,7 +149,10 @@ pub enum Effect {
     /// command, so a paid order and its grant are durable together or not at all.
     Grant,
     /// A payment that must go back to the buyer (double or late payment).
-    QueueRefund { transaction_id: String, amount_minor: i64 },
+    QueueRefund {
+        transaction_id: String,
+        amount_minor: i64,
+    },
     /// Something an operator must hear about.
     Alert { kind: AlertKind, detail: String },
 }
@@ -152,8 +176,6 @@ pub enum Rejection {
     NotCancellable(OrderStatus),
     #[error("order is {0:?}, not awaiting payment")]
     NotPending(OrderStatus),
-    #[error("the provider trade is not open yet")]
-    TradeNotOpen,
 }
 
 /// Decides what `event` does to `order` at `now`.
@@ -173,9 +195,8 @@ pub fn step(
         } => {
             if order.status == OrderStatus::Pending && !order.trade_opened {
                 next.trade_opened = true;
-                next.qr_code_expire_at = qr_code_url
-                    .as_ref()
-                    .map(|_| qr_expiry(order, now, policy));
+                next.qr_code_expire_at =
+                    qr_code_url.as_ref().map(|_| qr_expiry(order, now, policy));
                 next.qr_code_url = qr_code_url;
                 next.payment_url = payment_url;
                 next.provider_trade_ref = trade_ref;
@@ -198,9 +219,8 @@ pub fn step(
             if order.status != OrderStatus::Pending || order.closing.is_some() {
                 return Err(Rejection::NotPending(order.status));
             }
-            if !order.trade_opened {
-                return Err(Rejection::TradeNotOpen);
-            }
+            // Re-issuing asks the provider for the same trade's code, which also opens
+            // a trade whose first opening was lost.
             effects.push(Effect::ReissueQr);
         }
         Event::QrReissued { qr_code_url } => {
@@ -279,6 +299,7 @@ fn timer_fired(
             if order.closing.is_none() {
                 order.poll_count += 1;
                 effects.push(Effect::Query);
+                schedule_next_poll(order, now, policy);
             }
         }
         TimerKind::Expire => {
@@ -286,19 +307,34 @@ fn timer_fired(
             order.closing = Some(CloseStep::QueryBeforeClose);
             order.retry_count = 0;
             effects.push(Effect::Query);
+            set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
         }
-        TimerKind::Retry => match order.closing {
-            Some(CloseStep::Close) => effects.push(Effect::Close),
-            Some(_) => effects.push(Effect::Query),
-            None => {}
-        },
+        TimerKind::Retry => {
+            let Some(step) = order.closing else { return };
+            if order.retry_count >= policy.query_retry_max {
+                // The provider kept failing: move on. Its own `time_expire` has passed,
+                // and a payment that surfaces later is handled as a late payment.
+                advance(order, effects, step, now, policy);
+                return;
+            }
+            order.retry_count += 1;
+            effects.push(if step == CloseStep::Close {
+                Effect::Close
+            } else {
+                Effect::Query
+            });
+            let delay = policy
+                .retry_base_ms
+                .saturating_mul(1i64 << order.retry_count.min(10));
+            set_timer(order, TimerKind::Retry, now.plus_ms(delay));
+        }
     }
-    let _ = (now, policy);
 }
 
 /// Polling: the first query comes `query_interval` after creation (set when the order
 /// is created), then the interval doubles, at most `query_retry_max` queries; a query
-/// that would fall at or after expiry is left to the expiry sequence.
+/// that would fall at or after expiry is left to the expiry sequence. The next poll is
+/// set when one fires, so a lost answer never stops the polling.
 fn schedule_next_poll(order: &mut Order, now: Timestamp, policy: &Policy) {
     if order.poll_count >= policy.query_retry_max {
         return;
@@ -310,21 +346,35 @@ fn schedule_next_poll(order: &mut Order, now: Timestamp, policy: &Policy) {
     }
 }
 
-/// A failed provider call in the expiry sequence: retry with a doubling delay, at
-/// most `query_retry_max` times; then move on (the trade's own `time_expire` has
-/// passed at the provider, and a payment that surfaces later is a late payment).
-fn retry_or_give_up(order: &mut Order, now: Timestamp, policy: &Policy) -> bool {
-    if order.retry_count >= policy.query_retry_max {
-        order.retry_count = 0;
-        return false;
+/// The expiry sequence moves to its next step. Each provider call gets a `Retry`
+/// deadline as a watchdog: if its answer fails or is lost (a crash), the call is
+/// re-issued; a good answer replaces the watchdog with the next step's.
+fn advance(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    from: CloseStep,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    order.retry_count = 0;
+    let watchdog = now.plus_ms(policy.retry_base_ms);
+    match from {
+        CloseStep::QueryBeforeClose => {
+            order.closing = Some(CloseStep::Close);
+            effects.push(Effect::Close);
+            set_timer(order, TimerKind::Retry, watchdog);
+        }
+        CloseStep::Close => {
+            order.closing = Some(CloseStep::QueryAfterClose);
+            effects.push(Effect::Query);
+            set_timer(order, TimerKind::Retry, watchdog);
+        }
+        CloseStep::QueryAfterClose => {
+            order.status = OrderStatus::Expired;
+            order.closing = None;
+            order.timers = Default::default();
+        }
     }
-    let delay = policy
-        .query_interval_ms
-        .min(30_000)
-        .saturating_mul(1i64 << order.retry_count.min(10));
-    order.retry_count += 1;
-    set_timer(order, TimerKind::Retry, now.plus_ms(delay));
-    true
 }
 
 fn query_result(
@@ -340,35 +390,21 @@ fn query_result(
     if order.status != OrderStatus::Pending {
         return;
     }
-    match order.closing {
-        None => match outcome {
-            QueryOutcome::Failed { reason } => {
-                fail(order, reason);
-                effects.push(Effect::Close);
-            }
-            // Closed at the provider without us asking (its own expiry): the expiry
-            // deadline finishes the order through the usual sequence.
-            _ => schedule_next_poll(order, now, policy),
-        },
-        Some(CloseStep::QueryBeforeClose) => match outcome {
-            QueryOutcome::Error { .. } if retry_or_give_up(order, now, policy) => {}
-            _ => {
-                order.closing = Some(CloseStep::Close);
-                order.retry_count = 0;
-                effects.push(Effect::Close);
-            }
-        },
-        Some(CloseStep::QueryAfterClose) => match outcome {
-            QueryOutcome::Error { .. } if retry_or_give_up(order, now, policy) => {}
-            QueryOutcome::Failed { reason } => fail(order, reason),
-            _ => {
-                order.status = OrderStatus::Expired;
-                order.closing = None;
-                order.timers = Default::default();
-            }
-        },
+    match (order.closing, outcome) {
+        // An error changes nothing: the next poll, or the watchdog, asks again.
+        (_, QueryOutcome::Error { .. }) => {}
+        (None | Some(CloseStep::QueryAfterClose), QueryOutcome::Failed { reason }) => {
+            fail(order, reason);
+            effects.push(Effect::Close);
+        }
+        // Not paid yet, or closed at the provider by its own expiry: the expiry
+        // deadline finishes the order through the usual sequence.
+        (None, _) => {}
+        (Some(step @ (CloseStep::QueryBeforeClose | CloseStep::QueryAfterClose)), _) => {
+            advance(order, effects, step, now, policy)
+        }
         // A query answer while the close is in flight: the close result decides.
-        Some(CloseStep::Close) => {}
+        (Some(CloseStep::Close), _) => {}
     }
 }
 
@@ -379,18 +415,14 @@ fn close_result(
     now: Timestamp,
     policy: &Policy,
 ) {
-    match (order.status, order.closing) {
-        (OrderStatus::Pending, Some(CloseStep::Close)) => match outcome {
-            CloseOutcome::Error { .. } if retry_or_give_up(order, now, policy) => {}
-            _ => {
-                order.closing = Some(CloseStep::QueryAfterClose);
-                order.retry_count = 0;
-                effects.push(Effect::Query);
-            }
-        },
+    match (order.status, order.closing, outcome) {
+        (_, _, CloseOutcome::Error { .. }) => {}
+        (OrderStatus::Pending, Some(CloseStep::Close), _) => {
+            advance(order, effects, CloseStep::Close, now, policy)
+        }
         // A close after cancel (or failure) found the trade paid: learn the payment,
         // which then follows the late-payment rule.
-        (status, _) if status.is_final() && outcome == CloseOutcome::AlreadyPaid => {
+        (status, _, CloseOutcome::AlreadyPaid) if status.is_final() => {
             effects.push(Effect::Query);
         }
         _ => {}

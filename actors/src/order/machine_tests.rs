@@ -15,6 +15,7 @@ fn policy(late: LatePaymentPolicy) -> Policy {
         query_interval_ms: MIN,
         query_retry_max: 5,
         qr_code_expire_ms: 15 * MIN,
+        retry_base_ms: 11_000,
         late_payment: late,
     }
 }
@@ -64,8 +65,14 @@ pub(crate) fn new_order() -> Order {
         version: 0,
     };
     o.timer_generation = 2;
-    o.timers.poll = Some(Timer { at: T0.plus_ms(MIN), generation: 1 });
-    o.timers.expire = Some(Timer { at: o.expire_at, generation: 2 });
+    o.timers.poll = Some(Timer {
+        at: T0.plus_ms(MIN),
+        generation: 1,
+    });
+    o.timers.expire = Some(Timer {
+        at: o.expire_at,
+        generation: 2,
+    });
     o
 }
 
@@ -85,7 +92,16 @@ fn run(o: &Order, e: Event, late: LatePaymentPolicy) -> Transition {
 
 fn fire(o: &Order, kind: TimerKind) -> Transition {
     let t = o.timers.get(kind).expect("timer set");
-    step(o, Event::Timer { kind, generation: t.generation }, t.at, &policy(LatePaymentPolicy::Grant)).unwrap()
+    step(
+        o,
+        Event::Timer {
+            kind,
+            generation: t.generation,
+        },
+        t.at,
+        &policy(LatePaymentPolicy::Grant),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -94,7 +110,10 @@ fn payment_grants_once_and_duplicate_is_a_no_op() {
     let t = run(&o, pay("tx1", 990), LatePaymentPolicy::Grant);
     assert_eq!(t.next.status, OrderStatus::Paid);
     assert_eq!(t.effects, vec![Effect::Grant]);
-    assert!(t.next.timers.iter().next().is_none(), "no deadlines after paid");
+    assert!(
+        t.next.timers.iter().next().is_none(),
+        "no deadlines after paid"
+    );
     let again = run(&t.next, pay("tx1", 990), LatePaymentPolicy::Grant);
     assert_eq!(again.next, t.next);
     assert!(again.effects.is_empty());
@@ -106,7 +125,10 @@ fn a_second_transaction_is_a_double_payment_queued_for_refund() {
     let t = run(&paid, pay("tx2", 990), LatePaymentPolicy::Grant);
     assert_eq!(t.next.status, OrderStatus::Paid);
     assert!(!t.effects.contains(&Effect::Grant));
-    assert!(t.effects.contains(&Effect::QueueRefund { transaction_id: "tx2".into(), amount_minor: 990 }));
+    assert!(t.effects.contains(&Effect::QueueRefund {
+        transaction_id: "tx2".into(),
+        amount_minor: 990
+    }));
     assert_eq!(t.next.anomalies[0].kind, AnomalyKind::DoublePayment);
 }
 
@@ -124,7 +146,12 @@ fn wrong_amount_fails_the_order_with_an_anomaly_and_no_grant() {
 
 #[test]
 fn late_payment_follows_the_policy() {
-    let cancelled = run(&new_order(), Event::Cancel { by: Actor::User }, LatePaymentPolicy::Grant).next;
+    let cancelled = run(
+        &new_order(),
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
     let granted = run(&cancelled, pay("tx1", 990), LatePaymentPolicy::Grant);
     assert_eq!(granted.next.status, OrderStatus::Paid);
@@ -133,31 +160,97 @@ fn late_payment_follows_the_policy() {
     let refunded = run(&cancelled, pay("tx1", 990), LatePaymentPolicy::Refund);
     assert_eq!(refunded.next.status, OrderStatus::Cancelled);
     assert!(!refunded.effects.contains(&Effect::Grant));
-    assert!(refunded.effects.iter().any(|e| matches!(e, Effect::QueueRefund { .. })));
+    assert!(
+        refunded
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::QueueRefund { .. }))
+    );
 }
 
 #[test]
 fn expiry_runs_query_close_query_and_the_last_answer_decides() {
-    let o = run(&new_order(), Event::TradeOpened { qr_code_url: Some("q".into()), payment_url: None, trade_ref: None }, LatePaymentPolicy::Grant).next;
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
     let t = fire(&o, TimerKind::Expire);
     assert_eq!(t.next.closing, Some(CloseStep::QueryBeforeClose));
     assert_eq!(t.effects, vec![Effect::Query]);
-    let t = run(&t.next, Event::QueryResult(QueryOutcome::NotPaid), LatePaymentPolicy::Grant);
+    // A failed query is retried by the watchdog deadline, not dropped.
+    let err = run(
+        &t.next,
+        Event::QueryResult(QueryOutcome::Error {
+            reason: "timeout".into(),
+        }),
+        LatePaymentPolicy::Grant,
+    );
+    assert!(err.effects.is_empty());
+    let retried = fire(&err.next, TimerKind::Retry);
+    assert_eq!(retried.effects, vec![Effect::Query]);
+    let t = run(
+        &retried.next,
+        Event::QueryResult(QueryOutcome::NotPaid),
+        LatePaymentPolicy::Grant,
+    );
     assert_eq!(t.effects, vec![Effect::Close]);
-    let t = run(&t.next, Event::CloseResult(CloseOutcome::Closed), LatePaymentPolicy::Grant);
+    let t = run(
+        &t.next,
+        Event::CloseResult(CloseOutcome::Closed),
+        LatePaymentPolicy::Grant,
+    );
     assert_eq!(t.effects, vec![Effect::Query]);
-    let expired = run(&t.next, Event::QueryResult(QueryOutcome::NotPaid), LatePaymentPolicy::Grant);
+    let expired = run(
+        &t.next,
+        Event::QueryResult(QueryOutcome::NotPaid),
+        LatePaymentPolicy::Grant,
+    );
     assert_eq!(expired.next.status, OrderStatus::Expired);
+    assert!(expired.next.timers.iter().next().is_none());
     // Same sequence, but the buyer paid while the close was in flight.
-    let paid = run(&t.next, Event::QueryResult(QueryOutcome::Paid(match pay("tx9", 990) { Event::Confirmed(r) => r, _ => unreachable!() })), LatePaymentPolicy::Grant);
+    let paid = run(
+        &t.next,
+        Event::QueryResult(QueryOutcome::Paid(match pay("tx9", 990) {
+            Event::Confirmed(r) => r,
+            _ => unreachable!(),
+        })),
+        LatePaymentPolicy::Grant,
+    );
     assert_eq!(paid.next.status, OrderStatus::Paid);
     assert!(!paid.next.late_payment);
 }
 
 #[test]
+fn a_provider_that_never_answers_still_lets_the_order_expire() {
+    let mut o = fire(&new_order(), TimerKind::Expire).next;
+    let mut fired = 0;
+    while o.status == OrderStatus::Pending {
+        o = fire(&o, TimerKind::Retry).next;
+        fired += 1;
+        assert!(fired < 50, "expiry sequence never ends");
+    }
+    assert_eq!(o.status, OrderStatus::Expired);
+}
+
+#[test]
 fn stale_deadlines_are_ignored() {
     let o = new_order();
-    let t = step(&o, Event::Timer { kind: TimerKind::Expire, generation: 1 }, o.expire_at, &policy(LatePaymentPolicy::Grant)).unwrap();
+    let t = step(
+        &o,
+        Event::Timer {
+            kind: TimerKind::Expire,
+            generation: 1,
+        },
+        o.expire_at,
+        &policy(LatePaymentPolicy::Grant),
+    )
+    .unwrap();
     assert_eq!(t.next, o);
     assert!(t.effects.is_empty());
 }
@@ -170,7 +263,14 @@ fn polling_doubles_and_never_passes_expiry() {
         let fired = fire(&o, TimerKind::Poll);
         assert_eq!(fired.effects, vec![Effect::Query]);
         polls += 1;
-        o = step(&fired.next, Event::QueryResult(QueryOutcome::NotPaid), t.at, &policy(LatePaymentPolicy::Grant)).unwrap().next;
+        o = step(
+            &fired.next,
+            Event::QueryResult(QueryOutcome::NotPaid),
+            t.at,
+            &policy(LatePaymentPolicy::Grant),
+        )
+        .unwrap()
+        .next;
         if let Some(n) = o.timers.poll {
             assert!(n.at < o.expire_at);
             assert!(n.at.ms() - t.at.ms() >= MIN);
@@ -182,24 +282,72 @@ fn polling_doubles_and_never_passes_expiry() {
 
 #[test]
 fn cancel_commits_at_once_and_closes_afterwards() {
-    let o = run(&new_order(), Event::TradeOpened { qr_code_url: Some("q".into()), payment_url: None, trade_ref: None }, LatePaymentPolicy::Grant).next;
-    let t = run(&o, Event::Cancel { by: Actor::User }, LatePaymentPolicy::Grant);
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let t = run(
+        &o,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    );
     assert_eq!(t.next.status, OrderStatus::Cancelled);
     assert_eq!(t.effects, vec![Effect::Close]);
     let paid = run(&o, pay("tx1", 990), LatePaymentPolicy::Grant).next;
-    assert_eq!(step(&paid, Event::Cancel { by: Actor::User }, T0, &policy(LatePaymentPolicy::Grant)), Err(Rejection::NotCancellable(OrderStatus::Paid)));
+    assert_eq!(
+        step(
+            &paid,
+            Event::Cancel { by: Actor::User },
+            T0,
+            &policy(LatePaymentPolicy::Grant)
+        ),
+        Err(Rejection::NotCancellable(OrderStatus::Paid))
+    );
     // The close finds the trade paid: a query learns the payment (late-payment rule).
-    let t2 = run(&t.next, Event::CloseResult(CloseOutcome::AlreadyPaid), LatePaymentPolicy::Grant);
+    let t2 = run(
+        &t.next,
+        Event::CloseResult(CloseOutcome::AlreadyPaid),
+        LatePaymentPolicy::Grant,
+    );
     assert_eq!(t2.effects, vec![Effect::Query]);
 }
 
 #[test]
 fn qr_reissue_stays_within_the_order_expiry() {
-    let o = run(&new_order(), Event::TradeOpened { qr_code_url: Some("q1".into()), payment_url: None, trade_ref: None }, LatePaymentPolicy::Grant).next;
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q1".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
     assert_eq!(o.qr_code_expire_at, Some(T0.plus_ms(16 * MIN)));
-    let t = step(&o, Event::RefreshQr, T0.plus_ms(20 * MIN), &policy(LatePaymentPolicy::Grant)).unwrap();
+    let t = step(
+        &o,
+        Event::RefreshQr,
+        T0.plus_ms(20 * MIN),
+        &policy(LatePaymentPolicy::Grant),
+    )
+    .unwrap();
     assert_eq!(t.effects, vec![Effect::ReissueQr]);
-    let t = step(&o, Event::QrReissued { qr_code_url: "q1".into() }, T0.plus_ms(20 * MIN), &policy(LatePaymentPolicy::Grant)).unwrap();
+    let t = step(
+        &o,
+        Event::QrReissued {
+            qr_code_url: "q1".into(),
+        },
+        T0.plus_ms(20 * MIN),
+        &policy(LatePaymentPolicy::Grant),
+    )
+    .unwrap();
     assert_eq!(t.next.qr_code_expire_at, Some(o.expire_at));
 }
 
@@ -211,7 +359,12 @@ enum Op {
     OpenFail,
     Refresh,
     Reissue,
-    Pay { tx: u8, delta: i64, usd: bool, by_query: bool },
+    Pay {
+        tx: u8,
+        delta: i64,
+        usd: bool,
+        by_query: bool,
+    },
     Fail,
     Query(u8),
     Close(u8),
@@ -226,8 +379,18 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::OpenFail),
         Just(Op::Refresh),
         Just(Op::Reissue),
-        (0u8..3, prop_oneof![Just(0i64), Just(1), Just(-1)], any::<bool>(), any::<bool>())
-            .prop_map(|(tx, delta, usd, by_query)| Op::Pay { tx, delta, usd, by_query }),
+        (
+            0u8..3,
+            prop_oneof![Just(0i64), Just(1), Just(-1)],
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(tx, delta, usd, by_query)| Op::Pay {
+                tx,
+                delta,
+                usd,
+                by_query
+            }),
         Just(Op::Fail),
         (0u8..4).prop_map(Op::Query),
         (0u8..3).prop_map(Op::Close),
@@ -240,38 +403,70 @@ fn op() -> impl Strategy<Value = Op> {
 fn to_event(o: &Order, op: &Op) -> Event {
     let kind = |k: u8| TimerKind::ALL[k as usize % 3];
     match op {
-        Op::Open => Event::TradeOpened { qr_code_url: Some("q".into()), payment_url: None, trade_ref: None },
-        Op::OpenFail => Event::TradeOpenFailed { reason: "timeout".into() },
+        Op::Open => Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        Op::OpenFail => Event::TradeOpenFailed {
+            reason: "timeout".into(),
+        },
         Op::Refresh => Event::RefreshQr,
-        Op::Reissue => Event::QrReissued { qr_code_url: "q2".into() },
-        Op::Pay { tx, delta, usd, by_query } => {
+        Op::Reissue => Event::QrReissued {
+            qr_code_url: "q2".into(),
+        },
+        Op::Pay {
+            tx,
+            delta,
+            usd,
+            by_query,
+        } => {
             let report = PaymentReport {
                 transaction_id: format!("tx{tx}"),
                 amount_minor: o.amount_minor + delta,
                 currency: Currency::parse(if *usd { "USD" } else { "CNY" }).unwrap(),
                 paid_at: T0,
-                source: if *by_query { PaymentSource::Query } else { PaymentSource::Callback },
+                source: if *by_query {
+                    PaymentSource::Query
+                } else {
+                    PaymentSource::Callback
+                },
             };
-            if *by_query { Event::QueryResult(QueryOutcome::Paid(report)) } else { Event::Confirmed(report) }
+            if *by_query {
+                Event::QueryResult(QueryOutcome::Paid(report))
+            } else {
+                Event::Confirmed(report)
+            }
         }
-        Op::Fail => Event::PaymentFailed { reason: "declined".into() },
+        Op::Fail => Event::PaymentFailed {
+            reason: "declined".into(),
+        },
         Op::Query(i) => Event::QueryResult(match i {
             0 => QueryOutcome::NotPaid,
             1 => QueryOutcome::Closed,
-            2 => QueryOutcome::Failed { reason: "payerror".into() },
-            _ => QueryOutcome::Error { reason: "timeout".into() },
+            2 => QueryOutcome::Failed {
+                reason: "payerror".into(),
+            },
+            _ => QueryOutcome::Error {
+                reason: "timeout".into(),
+            },
         }),
         Op::Close(i) => Event::CloseResult(match i {
             0 => CloseOutcome::Closed,
             1 => CloseOutcome::AlreadyPaid,
-            _ => CloseOutcome::Error { reason: "timeout".into() },
+            _ => CloseOutcome::Error {
+                reason: "timeout".into(),
+            },
         }),
         Op::Cancel => Event::Cancel { by: Actor::User },
         Op::FireCurrent(k) => Event::Timer {
             kind: kind(*k),
             generation: o.timers.get(kind(*k)).map_or(0, |t| t.generation),
         },
-        Op::FireStale(k) => Event::Timer { kind: kind(*k), generation: o.timer_generation + 1 },
+        Op::FireStale(k) => Event::Timer {
+            kind: kind(*k),
+            generation: o.timer_generation + 1,
+        },
     }
 }
 

@@ -1,6 +1,29 @@
 //! Orders: the pure state machine, the actor that hosts it, and the supervisor that
 //! is the only registry of live order actors.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use payd_storage::Store;
+
+use crate::clock::SharedClock;
+use crate::provider::Providers;
+
+pub mod actor;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;
+pub mod supervisor;
+
+/// Read-only dependencies shared by the supervisor and every order actor.
+pub struct Deps {
+    pub store: Store,
+    pub providers: Providers,
+    pub clock: SharedClock,
+    pub policy: machine::Policy,
+    /// Membership tiers from lowest to highest.
+    pub tiers: Arc<Vec<String>>,
+    pub provider_timeout: Duration,
+    pub passivate_after: Duration,
+    pub restart_budget: u32,
+}

@@ -1,0 +1,401 @@
+//! The order actor: a thin shell around the state machine.
+//!
+//! For each message: step the machine, persist the transition (with its grant and
+//! deadlines) through one storage command, and only then answer the caller and carry
+//! out the effects. Provider calls run in spawned tasks with a timeout and come back
+//! as messages, so a slow provider never blocks a cancel or a deadline. When idle it
+//! asks the supervisor to passivate it; its deadlines live on in storage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::commands::{self, CommandError, TransitionWrite};
+use crate::model::{Order, OrderStatus, TimelineEntry};
+use crate::order::Deps;
+use crate::order::machine::{CloseOutcome, Effect, Event, QueryOutcome, Rejection, step};
+use crate::order::supervisor::SupervisorMsg;
+use crate::provider::{ProviderError, TradeRef, TradeRequest};
+
+/// What callers get back from an order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("no such order")]
+    NotFound,
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("payment provider error: {0}")]
+    Provider(String),
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    #[error("order is quarantined after repeated failures")]
+    Quarantined,
+    #[error("the order actor stopped before answering")]
+    Unavailable,
+}
+
+pub type OrderReply = RpcReplyPort<Result<Order, OrderError>>;
+
+/// Requests an order actor serves.
+#[derive(Debug)]
+pub enum OrderCommand {
+    /// Open the provider trade of a new order and answer with the QR code or URL.
+    OpenTrade,
+    /// Feed an event to the machine and answer once its transition is durable.
+    Event(Event),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderOp {
+    Create,
+    Query,
+    Close,
+}
+
+pub enum OrderMsg {
+    Command {
+        command: OrderCommand,
+        reply: Option<OrderReply>,
+    },
+    ProviderDone {
+        op: ProviderOp,
+        result: Result<Event, ProviderError>,
+    },
+    IdleCheck(u64),
+    Stop,
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+pub struct OrderActor;
+
+pub struct OrderArgs {
+    pub order: Order,
+    pub deps: Arc<Deps>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct OrderState {
+    order: Order,
+    deps: Arc<Deps>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Messages received from the supervisor; the passivation handshake compares it
+    /// with the number the supervisor routed.
+    seen: u64,
+    in_flight: u32,
+    create_in_flight: bool,
+    idle_generation: u64,
+    /// Callers waiting for the trade to open, or for a re-issued QR code.
+    waiting_for_trade: Vec<OrderReply>,
+}
+
+impl Actor for OrderActor {
+    type Msg = OrderMsg;
+    type State = OrderState;
+    type Arguments = OrderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<OrderMsg>,
+        args: OrderArgs,
+    ) -> Result<OrderState, ActorProcessingErr> {
+        tracing::debug!(order_no = %args.order.order_no, "order actor activated");
+        let mut st = OrderState {
+            order: args.order,
+            deps: args.deps,
+            supervisor: args.supervisor,
+            seen: 0,
+            in_flight: 0,
+            create_in_flight: false,
+            idle_generation: 0,
+            waiting_for_trade: Vec::new(),
+        };
+        arm_idle(&myself, &mut st);
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<OrderMsg>,
+        msg: OrderMsg,
+        st: &mut OrderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            OrderMsg::Command { command, reply } => {
+                st.seen += 1;
+                match command {
+                    OrderCommand::OpenTrade => {
+                        if st.order.trade_opened || st.order.status != OrderStatus::Pending {
+                            answer(reply, Ok(st.order.clone()));
+                        } else {
+                            st.waiting_for_trade.extend(reply);
+                            if !st.create_in_flight {
+                                spawn_create(&myself, st);
+                            }
+                        }
+                    }
+                    OrderCommand::Event(event) => {
+                        let refresh = matches!(event, Event::RefreshQr);
+                        match apply(&myself, st, event).await {
+                            Ok(()) if refresh => st.waiting_for_trade.extend(reply),
+                            Ok(()) => answer(reply, Ok(st.order.clone())),
+                            Err(e) => answer(reply, Err(e)),
+                        }
+                    }
+                }
+            }
+            OrderMsg::ProviderDone { op, result } => {
+                st.in_flight = st.in_flight.saturating_sub(1);
+                if op == ProviderOp::Create {
+                    st.create_in_flight = false;
+                }
+                let outcome = match result {
+                    Ok(event) => apply(&myself, st, event).await.map(|()| st.order.clone()),
+                    Err(e) => Err(OrderError::Provider(e.message)),
+                };
+                if op == ProviderOp::Create {
+                    // A trade that failed to open leaves the order failed: say why.
+                    let outcome = match outcome {
+                        Ok(o) if o.status == OrderStatus::Failed && !o.trade_opened => {
+                            Err(OrderError::Provider(o.failure_reason.unwrap_or_default()))
+                        }
+                        other => other,
+                    };
+                    for reply in st.waiting_for_trade.drain(..) {
+                        let _ = reply.send(outcome.clone());
+                    }
+                }
+            }
+            OrderMsg::IdleCheck(generation) => {
+                if generation == st.idle_generation && st.in_flight == 0 {
+                    let _ = st.supervisor.cast(SupervisorMsg::Passivate {
+                        order_no: st.order.order_no.clone(),
+                        seen: st.seen,
+                    });
+                }
+                return Ok(());
+            }
+            OrderMsg::Stop => {
+                tracing::debug!(order_no = %st.order.order_no, "order actor passivated");
+                myself.stop(None);
+                return Ok(());
+            }
+            #[cfg(feature = "fault-injection")]
+            OrderMsg::Panic => panic!("injected panic in order actor {}", st.order.order_no),
+        }
+        arm_idle(&myself, st);
+        Ok(())
+    }
+}
+
+fn answer(reply: Option<OrderReply>, value: Result<Order, OrderError>) {
+    if let Some(reply) = reply {
+        let _ = reply.send(value);
+    }
+}
+
+/// Schedules an idle check; any later message makes it stale. A final order with
+/// nothing in flight goes at once: final orders are read from storage, not actors.
+fn arm_idle(myself: &ActorRef<OrderMsg>, st: &mut OrderState) {
+    st.idle_generation += 1;
+    if st.in_flight > 0 || !st.waiting_for_trade.is_empty() {
+        return;
+    }
+    let delay = if st.order.status.is_final() {
+        Duration::ZERO
+    } else {
+        st.deps.passivate_after
+    };
+    let generation = st.idle_generation;
+    myself.send_after(delay, move || OrderMsg::IdleCheck(generation));
+}
+
+/// Steps the machine, persists the transition, then carries out the effects.
+async fn apply(
+    myself: &ActorRef<OrderMsg>,
+    st: &mut OrderState,
+    event: Event,
+) -> Result<(), OrderError> {
+    let now = st.deps.clock.now();
+    let event_name = event.name();
+    let actor = event.actor();
+    let before = st.order.clone();
+    let transition = step(&before, event, now, &st.deps.policy)?;
+    if transition.next != before {
+        let next = &transition.next;
+        let notable = next.status != before.status
+            || next.payments.len() != before.payments.len()
+            || next.closing != before.closing
+            || next.trade_opened != before.trade_opened;
+        let timeline = notable.then(|| TimelineEntry {
+            at: now,
+            from: before.status,
+            to: next.status,
+            event: event_name.to_string(),
+            actor,
+            reason: next.failure_reason.clone(),
+        });
+        let write = TransitionWrite {
+            from_version: before.version,
+            next: transition.next.clone(),
+            grant: transition.effects.contains(&Effect::Grant),
+            timeline,
+            tiers: st.deps.tiers.clone(),
+        };
+        match commands::apply_transition(&st.deps.store, write).await {
+            Ok(saved) => st.order = saved,
+            Err(e) => {
+                tracing::error!(order_no = %before.order_no, event = event_name, error = %e,
+                    "order transition not persisted; the actor stops and reloads from storage");
+                // Whatever is in memory may no longer match the disk: start over from it.
+                myself.stop(Some("storage error".into()));
+                return Err(match e {
+                    CommandError::Storage(s) => OrderError::Storage(s.to_string()),
+                    other => OrderError::Storage(other.to_string()),
+                });
+            }
+        }
+        if st.order.status != before.status {
+            tracing::info!(order_no = %st.order.order_no, from = before.status.as_str(),
+                to = st.order.status.as_str(), event = event_name, "order status changed");
+        }
+    }
+    for effect in transition.effects {
+        dispatch(myself, st, effect);
+    }
+    Ok(())
+}
+
+fn trade_ref(order: &Order) -> TradeRef {
+    TradeRef {
+        order_no: order.order_no.clone(),
+        trade_ref: order.provider_trade_ref.clone(),
+        amount_minor: order.amount_minor,
+        currency: order.currency.clone(),
+    }
+}
+
+fn dispatch(myself: &ActorRef<OrderMsg>, st: &mut OrderState, effect: Effect) {
+    let order_no = st.order.order_no.clone();
+    match effect {
+        Effect::Grant => {
+            tracing::info!(order_no = %order_no, user_id = %st.order.user_id,
+                package_id = %st.order.package_id, "entitlement granted");
+        }
+        Effect::ReissueQr => spawn_create(myself, st),
+        Effect::Query => {
+            let trade = trade_ref(&st.order);
+            spawn_call(myself, st, ProviderOp::Query, move |p| {
+                Box::pin(async move {
+                    Ok(Event::QueryResult(match p.query(trade).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => QueryOutcome::Error { reason: e.message },
+                    }))
+                })
+            });
+        }
+        Effect::Close => {
+            let trade = trade_ref(&st.order);
+            spawn_call(myself, st, ProviderOp::Close, move |p| {
+                Box::pin(async move {
+                    Ok(Event::CloseResult(match p.close(trade).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => CloseOutcome::Error { reason: e.message },
+                    }))
+                })
+            });
+        }
+        Effect::QueueRefund {
+            transaction_id,
+            amount_minor,
+        } => {
+            // Recorded on the order as an open anomaly in the same transition; the
+            // refund itself is carried out by the refund path (admin / automatic).
+            tracing::warn!(order_no = %order_no, transaction_id = %transaction_id, amount_minor,
+                "payment must be refunded; recorded as an open anomaly");
+        }
+        Effect::Alert { kind, detail } => {
+            tracing::warn!(order_no = %order_no, alert = ?kind, detail = %detail, "payment alert");
+        }
+    }
+}
+
+fn spawn_create(myself: &ActorRef<OrderMsg>, st: &mut OrderState) {
+    let o = &st.order;
+    let request = TradeRequest {
+        order_no: o.order_no.clone(),
+        method: o.payment_method,
+        amount_minor: o.amount_minor,
+        currency: o.currency.clone(),
+        description: o.package.name.clone(),
+        expire_at: o.expire_at,
+        client_ip: o.client_ip.clone(),
+    };
+    st.create_in_flight = true;
+    spawn_call(myself, st, ProviderOp::Create, move |p| {
+        Box::pin(async move {
+            let t = p.create(request).await?;
+            Ok(Event::TradeOpened {
+                qr_code_url: t.qr_code_url,
+                payment_url: t.payment_url,
+                trade_ref: t.trade_ref,
+            })
+        })
+    });
+}
+
+type CallFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Event, ProviderError>> + Send + 'static>,
+>;
+
+fn spawn_call<F>(myself: &ActorRef<OrderMsg>, st: &mut OrderState, op: ProviderOp, call: F)
+where
+    F: FnOnce(Arc<dyn crate::provider::PaymentProvider>) -> CallFuture + Send + 'static,
+{
+    let order_no = st.order.order_no.clone();
+    let trade_was_open = st.order.trade_opened;
+    let Some(provider) = st.deps.providers.get(st.order.provider) else {
+        tracing::error!(order_no = %order_no, provider = st.order.provider.as_str(),
+            "provider of record is not configured; cannot reach it");
+        let _ = myself.cast(OrderMsg::ProviderDone {
+            op,
+            result: Err(ProviderError::permanent(format!(
+                "provider {} is not configured",
+                st.order.provider.as_str()
+            ))),
+        });
+        st.in_flight += 1;
+        return;
+    };
+    st.in_flight += 1;
+    let timeout = st.deps.provider_timeout;
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, call(provider)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::transient(format!(
+                "provider call timed out after {timeout:?}"
+            ))),
+        };
+        tracing::debug!(order_no = %order_no, op = ?op, ok = result.is_ok(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "provider call finished");
+        let result = match (op, result) {
+            // A re-issued code for a trade already open updates the QR only.
+            (
+                ProviderOp::Create,
+                Ok(Event::TradeOpened {
+                    qr_code_url: Some(url),
+                    ..
+                }),
+            ) if trade_was_open => Ok(Event::QrReissued { qr_code_url: url }),
+            // A failed first opening fails the order; a failed re-issue changes nothing.
+            (ProviderOp::Create, Err(e)) if !trade_was_open => {
+                Ok(Event::TradeOpenFailed { reason: e.message })
+            }
+            (_, r) => r,
+        };
+        let _ = me.cast(OrderMsg::ProviderDone { op, result });
+    });
+}

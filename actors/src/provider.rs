@@ -1,0 +1,137 @@
+//! The port every payment provider adapter implements.
+//!
+//! Every method is required: a provider that cannot refund says so in its own code
+//! path with a real error, never through a default that fails at run time. Adapters
+//! translate wire formats into these types; the order machine sees only
+//! [`QueryOutcome`] and [`CloseOutcome`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::model::{Currency, PaymentMethod, ProviderKind, Timestamp};
+pub use crate::order::machine::{CloseOutcome, QueryOutcome};
+
+/// A provider call failed. `transient` errors (network, timeouts, 5xx) may be retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub transient: bool,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        ProviderError {
+            transient: true,
+            message: message.into(),
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ProviderError {
+            transient: false,
+            message: message.into(),
+        }
+    }
+}
+
+pub type ProviderFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;
+
+/// What the provider needs to open a trade (or re-issue its QR code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradeRequest {
+    pub order_no: String,
+    pub method: PaymentMethod,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub description: String,
+    /// The provider trade must stop being payable at this moment.
+    pub expire_at: Timestamp,
+    pub client_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedTrade {
+    pub qr_code_url: Option<String>,
+    pub payment_url: Option<String>,
+    pub trade_ref: Option<String>,
+}
+
+/// Which trade to query or close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradeRef {
+    pub order_no: String,
+    pub trade_ref: Option<String>,
+    pub amount_minor: i64,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    pub trade: TradeRef,
+    pub refund_no: String,
+    pub amount_minor: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundStatus {
+    Processing,
+    Succeeded,
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOutcome {
+    pub status: RefundStatus,
+    pub provider_refund_id: Option<String>,
+}
+
+pub trait PaymentProvider: Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+    /// Opens the trade, or returns the QR code of the same trade again.
+    fn create(&self, request: TradeRequest) -> ProviderFuture<'_, OpenedTrade>;
+    fn query(&self, trade: TradeRef) -> ProviderFuture<'_, QueryOutcome>;
+    fn close(&self, trade: TradeRef) -> ProviderFuture<'_, CloseOutcome>;
+    fn refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome>;
+    fn query_refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome>;
+}
+
+/// The configured providers, and which one serves each payment method.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_kind: HashMap<ProviderKind, Arc<dyn PaymentProvider>>,
+    by_method: HashMap<PaymentMethod, ProviderKind>,
+}
+
+impl Providers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `provider` as the one serving `methods`.
+    pub fn register(&mut self, provider: Arc<dyn PaymentProvider>, methods: &[PaymentMethod]) {
+        let kind = provider.kind();
+        for m in methods {
+            self.by_method.insert(*m, kind);
+        }
+        self.by_kind.insert(kind, provider);
+    }
+
+    /// The provider of record for a new order paid with `method`.
+    pub fn for_method(&self, method: PaymentMethod) -> Option<ProviderKind> {
+        self.by_method.get(&method).copied()
+    }
+
+    pub fn get(&self, kind: ProviderKind) -> Option<Arc<dyn PaymentProvider>> {
+        self.by_kind.get(&kind).cloned()
+    }
+
+    pub fn kinds(&self) -> Vec<ProviderKind> {
+        let mut v: Vec<_> = self.by_kind.keys().copied().collect();
+        v.sort_by_key(|k| k.as_str());
+        v
+    }
+}

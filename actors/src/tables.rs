@@ -1,0 +1,68 @@
+//! The tables payd keeps, with their key layouts. One fjall keyspace each.
+
+use payd_storage::{Record, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Entitlements, HistoryEntry, Order, Package, TimelineEntry, Timestamp};
+
+/// A value-less index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker;
+impl Record for Marker {
+    const SCHEMA: u8 = 1;
+}
+
+/// An entry of the deadline index; the key says when, which order and which timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadlineRef {
+    pub generation: u64,
+}
+impl Record for DeadlineRef {
+    const SCHEMA: u8 = 1;
+}
+
+/// A remembered response for an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: Vec<u8>,
+    pub created_at: Timestamp,
+    pub state: IdempotencyState,
+}
+impl Record for IdempotencyRecord {
+    const SCHEMA: u8 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdempotencyState {
+    InFlight,
+    Done { status: u16, body: String },
+}
+
+/// package id → package.
+pub const PACKAGES: Table<String, Package> = Table::new("packages");
+/// order number → order.
+pub const ORDERS: Table<String, Order> = Table::new("orders");
+/// (user id, created at ms, order number): a user's orders in time order.
+pub const USER_ORDERS: Table<(String, i64, String), Marker> = Table::new("user_orders");
+/// (order number, version): the order's timeline.
+pub const TIMELINE: Table<(String, u64), TimelineEntry> = Table::new("timeline");
+/// (due at ms, order number, timer kind): the scheduler's index, earliest first.
+pub const DEADLINES: Table<(i64, String, u8), DeadlineRef> = Table::new("deadlines");
+/// user id → entitlements.
+pub const ENTITLEMENTS: Table<String, Entitlements> = Table::new("entitlements");
+/// (user id, sequence): the user's entitlement history.
+pub const HISTORY: Table<(String, u64), HistoryEntry> = Table::new("history");
+/// (user id, key) → remembered response.
+pub const IDEMPOTENCY: Table<(String, String), IdempotencyRecord> = Table::new("idempotency");
+
+/// Every table of the domain, for `StoreOptions::tables`.
+pub const DOMAIN_TABLES: [&str; 8] = [
+    "packages",
+    "orders",
+    "user_orders",
+    "timeline",
+    "deadlines",
+    "entitlements",
+    "history",
+    "idempotency",
+];

@@ -1,0 +1,244 @@
+//! Wiring: open storage, seed packages, start the actors, bind HTTP — and stop it all
+//! in order (HTTP first, then the actors, then storage).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use payd_actors::clock::{SharedClock, SystemClock};
+use payd_actors::commands;
+use payd_actors::model::{Currency, Package, PackageKind};
+use payd_actors::order::Deps;
+use payd_actors::order::machine::{LatePaymentPolicy, Policy};
+use payd_actors::order::supervisor::{OrderSupervisor, SupervisorMsg, SupervisorStats};
+use payd_actors::provider::Providers;
+use payd_actors::scheduler::{Scheduler, SchedulerArgs, SchedulerConfig, SchedulerMsg};
+use payd_actors::tables::DOMAIN_TABLES;
+use payd_storage::{Store, StoreOptions};
+use ractor::{Actor, ActorRef};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::auth::Jwt;
+use crate::config::{self, Config, LatePayment};
+use crate::http::{self, AppState};
+use crate::providers::mock::{MOCK_METHODS, MockProvider};
+
+pub struct Application {
+    addr: SocketAddr,
+    state: AppState,
+    scheduler: ActorRef<SchedulerMsg>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+}
+
+pub fn package_from_seed(seed: &config::PackageSeed) -> anyhow::Result<Package> {
+    Ok(Package {
+        id: seed.id.clone(),
+        kind: match seed.kind {
+            config::PackageKind::Membership => PackageKind::Membership,
+            config::PackageKind::Points => PackageKind::Points,
+        },
+        name: seed.name.clone(),
+        description: seed.description.clone(),
+        amount_minor: seed.amount,
+        currency: Currency::parse(&seed.currency)
+            .with_context(|| format!("package {}: bad currency", seed.id))?,
+        membership_type: seed.membership_type.clone(),
+        validity_days: seed.validity_days,
+        queries_count: seed.queries_count,
+        points: seed.points,
+        bonus_points: seed.bonus_points,
+        is_active: seed.is_active,
+        sort_order: seed.sort_order,
+    })
+}
+
+fn policy(cfg: &Config) -> Policy {
+    Policy {
+        query_interval_ms: cfg.payment.query_interval.as_millis() as i64,
+        query_retry_max: cfg.payment.query_retry_max,
+        qr_code_expire_ms: cfg.payment.qr_code_expire.as_millis() as i64,
+        retry_base_ms: (cfg.providers.timeout + Duration::from_secs(1)).as_millis() as i64,
+        late_payment: match cfg.payment.late_payment {
+            LatePayment::Grant => LatePaymentPolicy::Grant,
+            LatePayment::Refund => LatePaymentPolicy::Refund,
+        },
+    }
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(
+        config: Config,
+        clock: SharedClock,
+    ) -> anyhow::Result<Application> {
+        let config = Arc::new(config);
+        let mut tables: Vec<&'static str> = DOMAIN_TABLES.to_vec();
+        tables.push(crate::providers::mock::MOCK_TRADES.name());
+        let mut opts = StoreOptions::new(&config.storage.path, tables);
+        opts.cache_size_bytes = config.storage.cache_size_bytes;
+        opts.max_journal_size_bytes = config.storage.max_journal_size_bytes;
+        let store = Store::open(opts)
+            .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+
+        let seeds = config
+            .packages
+            .iter()
+            .map(package_from_seed)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let inserted = commands::seed_packages(&store, seeds)
+            .await
+            .context("seeding packages")?;
+        if inserted > 0 {
+            tracing::info!(inserted, "packages seeded from the configuration");
+        }
+
+        let mut providers = Providers::new();
+        let mock = if config.payment.mock_mode {
+            let mock = Arc::new(MockProvider::new(
+                store.clone(),
+                config.server.base_url.clone(),
+            ));
+            providers.register(mock.clone(), &MOCK_METHODS);
+            tracing::warn!("mock mode: every payment method is served by the mock provider");
+            Some(mock)
+        } else {
+            tracing::warn!(
+                "mock mode is off and no real provider adapter is built in yet: every payment method answers payment_method_unavailable"
+            );
+            None
+        };
+
+        let deps = Arc::new(Deps {
+            store: store.clone(),
+            providers: providers.clone(),
+            clock: clock.clone(),
+            policy: policy(&config),
+            tiers: Arc::new(config.membership.tiers.clone()),
+            provider_timeout: config.providers.timeout,
+            passivate_after: config.actors.passivate_after,
+            restart_budget: config.actors.restart_budget,
+        });
+        let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
+            .await
+            .context("starting the order supervisor")?;
+        let (scheduler, _) = Actor::spawn(
+            None,
+            Scheduler,
+            SchedulerArgs {
+                store: store.clone(),
+                clock: clock.clone(),
+                supervisor: supervisor.clone(),
+                config: SchedulerConfig::default(),
+            },
+        )
+        .await
+        .context("starting the scheduler")?;
+
+        let state = AppState {
+            jwt: Arc::new(Jwt::new(&config.auth)),
+            config: config.clone(),
+            store,
+            supervisor,
+            providers,
+            clock,
+            mock,
+        };
+        let listener = tokio::net::TcpListener::bind(config.server.bind)
+            .await
+            .with_context(|| format!("binding {}", config.server.bind))?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let router = http::router(state.clone());
+        let server = tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let served = axum::serve(listener, service)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped with an error");
+            }
+        });
+        tracing::info!(%addr, "payd listening");
+        Ok(Application {
+            addr,
+            state,
+            scheduler,
+            shutdown: Some(tx),
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub async fn supervisor_stats(&self) -> Option<SupervisorStats> {
+        match self
+            .state
+            .supervisor
+            .call(SupervisorMsg::Stats, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Stops accepting HTTP, lets requests in flight finish, stops the actors, and
+    /// closes storage after the writes already queued.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
+        let wait = Some(Duration::from_secs(10));
+        let _ = self.scheduler.stop_and_wait(None, wait).await;
+        self.state
+            .supervisor
+            .stop_children_and_wait(None, wait)
+            .await;
+        let _ = self.state.supervisor.stop_and_wait(None, wait).await;
+        self.state.store.shutdown().await;
+        tracing::info!("payd stopped");
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

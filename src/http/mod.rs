@@ -1,0 +1,101 @@
+//! The HTTP layer: routes client requests and mock callbacks to the order actors,
+//! and reads everything else straight from storage snapshots. Glue only — no
+//! state-machine rule lives here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use payd_actors::clock::SharedClock;
+use payd_actors::model::Order;
+use payd_actors::order::actor::{OrderCommand, OrderError};
+use payd_actors::order::supervisor::SupervisorMsg;
+use payd_actors::provider::Providers;
+use payd_storage::Store;
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Jwt;
+use crate::config::Config;
+use crate::http::error::ApiError;
+use crate::providers::mock::MockProvider;
+
+pub mod error;
+pub mod extract;
+mod mock;
+mod ops;
+mod orders;
+pub mod views;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub providers: Providers,
+    pub clock: SharedClock,
+    pub jwt: Arc<Jwt>,
+    pub mock: Option<Arc<MockProvider>>,
+}
+
+impl AppState {
+    /// Sends `command` to the order's actor and waits for its durable answer.
+    pub async fn ask(&self, order_no: &str, command: OrderCommand) -> Result<Order, ApiError> {
+        let timeout = self.config.providers.timeout + Duration::from_secs(5);
+        let order_no = order_no.to_string();
+        let answer = self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Route {
+                    order_no,
+                    command,
+                    reply: Some(reply),
+                },
+                Some(timeout),
+            )
+            .await;
+        match answer {
+            Ok(CallResult::Success(result)) => result.map_err(ApiError::from),
+            Ok(CallResult::Timeout) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "order_unavailable",
+                "the order did not answer in time; retry",
+            )),
+            Ok(CallResult::SenderError) | Err(_) => Err(OrderError::Unavailable.into()),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.body_limit_bytes;
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/api/v1/packages", get(orders::list_packages))
+        .route("/api/v1/packages/{id}", get(orders::get_package))
+        .route(
+            "/api/v1/orders",
+            post(orders::create_order).get(orders::list_orders),
+        )
+        .route("/api/v1/orders/{order_no}", get(orders::get_order))
+        .route(
+            "/api/v1/orders/{order_no}/cancel",
+            post(orders::cancel_order),
+        )
+        .route("/api/v1/orders/{order_no}/qr", post(orders::refresh_qr))
+        .route("/api/v1/me/entitlements", get(orders::entitlements))
+        .route("/api/v1/mock/orders/{order_no}/pay", post(mock::api_pay))
+        .route("/api/v1/mock/orders/{order_no}/fail", post(mock::api_fail))
+        .route("/api/v1/mock/demo-token", post(mock::demo_token))
+        .route("/mock/pay/{order_no}", get(mock::cashier_page))
+        .route("/mock/pay/{order_no}/pay", post(mock::cashier_pay))
+        .route("/mock/pay/{order_no}/fail", post(mock::cashier_fail))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

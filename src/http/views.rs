@@ -1,0 +1,186 @@
+//! The JSON shapes of API.md, built from domain records. Money stays integer minor
+//! units; times are RFC 3339 UTC.
+
+use payd_actors::model::{Entitlements, Order, Package, PackageSnapshot, Timestamp};
+use serde::Serialize;
+
+pub fn rfc3339(t: Timestamp) -> String {
+    let nanos = i128::from(t.ms()) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+pub struct PackageView {
+    pub id: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub description: String,
+    pub amount: i64,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queries_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bonus_points: Option<u64>,
+    pub is_active: bool,
+    pub sort_order: i32,
+}
+
+impl From<&Package> for PackageView {
+    fn from(p: &Package) -> Self {
+        PackageView {
+            id: p.id.clone(),
+            kind: p.kind.as_str(),
+            name: p.name.clone(),
+            description: p.description.clone(),
+            amount: p.amount_minor,
+            currency: p.currency.as_str().to_string(),
+            membership_type: p.membership_type.clone(),
+            validity_days: p.validity_days,
+            queries_count: p.queries_count,
+            points: p.points,
+            bonus_points: p.bonus_points,
+            is_active: p.is_active,
+            sort_order: p.sort_order,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SnapshotView {
+    pub name: String,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queries_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bonus_points: Option<u64>,
+}
+
+impl From<&PackageSnapshot> for SnapshotView {
+    fn from(p: &PackageSnapshot) -> Self {
+        SnapshotView {
+            name: p.name.clone(),
+            kind: p.kind.as_str(),
+            membership_type: p.membership_type.clone(),
+            validity_days: p.validity_days,
+            queries_count: p.queries_count,
+            points: p.points,
+            bonus_points: p.bonus_points,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct OrderView {
+    pub order_no: String,
+    pub user_id: String,
+    pub package_id: String,
+    pub package: SnapshotView,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_method: &'static str,
+    pub provider: &'static str,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qr_code_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qr_code_expire_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_url: Option<String>,
+    pub expire_at: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_transaction_id: Option<String>,
+    pub refunded_amount: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub late_payment: bool,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        OrderView {
+            order_no: o.order_no.clone(),
+            user_id: o.user_id.clone(),
+            package_id: o.package_id.clone(),
+            package: (&o.package).into(),
+            amount: o.amount_minor,
+            currency: o.currency.as_str().to_string(),
+            payment_method: o.payment_method.as_str(),
+            provider: o.provider.as_str(),
+            status: o.status.as_str(),
+            qr_code_url: o.qr_code_url.clone(),
+            qr_code_expire_at: o.qr_code_expire_at.map(rfc3339),
+            payment_url: o.payment_url.clone(),
+            expire_at: rfc3339(o.expire_at),
+            created_at: rfc3339(o.created_at),
+            paid_at: o.paid_at.map(rfc3339),
+            cancelled_at: o.cancelled_at.map(rfc3339),
+            provider_transaction_id: o.provider_transaction_id.clone(),
+            refunded_amount: o.refunded_amount_minor,
+            failure_reason: o.failure_reason.clone(),
+            late_payment: o.late_payment,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MembershipView {
+    #[serde(rename = "type")]
+    pub membership_type: String,
+    pub expires_at: String,
+    pub queries_remaining: u64,
+}
+
+#[derive(Serialize)]
+pub struct EntitlementsView {
+    pub membership: Option<MembershipView>,
+    /// Paid plus bonus points.
+    pub points: u64,
+    pub paid_points: u64,
+    pub bonus_points: u64,
+}
+
+impl EntitlementsView {
+    pub fn new(e: &Entitlements, now: Timestamp) -> Self {
+        EntitlementsView {
+            membership: e.active_membership(now).map(|m| MembershipView {
+                membership_type: m.membership_type.clone(),
+                expires_at: rfc3339(m.expires_at),
+                queries_remaining: m.queries_remaining,
+            }),
+            points: e.points_paid + e.points_bonus,
+            paid_points: e.points_paid,
+            bonus_points: e.points_bonus,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub page: usize,
+    pub page_size: usize,
+    pub total: usize,
+}

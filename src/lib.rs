@@ -1,0 +1,11 @@
+//! payd: a payment engine for host applications that sell memberships and points.
+//!
+//! This crate is the glue: configuration, wiring, the HTTP layer (axum), provider
+//! adapters and the CLI. The domain lives in payd-actors; storage in payd-storage.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod order_no;
+pub mod providers;

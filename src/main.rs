@@ -1,0 +1,119 @@
+//! The `payd` command: `serve` runs the engine, `token` mints a JWT for trying the API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use payd::app::Application;
+use payd::auth::Jwt;
+use payd::config;
+
+const USAGE: &str = "usage:
+  payd serve [--config FILE]
+  payd token --user ID [--admin] [--ttl 1h] [--config FILE]";
+
+struct Args {
+    command: String,
+    config: PathBuf,
+    user: Option<String>,
+    admin: bool,
+    ttl: std::time::Duration,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let command = it.next().ok_or_else(|| USAGE.to_string())?;
+    let mut args = Args {
+        command,
+        config: PathBuf::from("config.toml"),
+        user: None,
+        admin: false,
+        ttl: std::time::Duration::from_secs(3600),
+    };
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--config" => args.config = PathBuf::from(value("--config")?),
+            "--user" => args.user = Some(value("--user")?),
+            "--admin" => args.admin = true,
+            "--ttl" => {
+                let v = value("--ttl")?;
+                args.ttl =
+                    humantime::parse_duration(&v).map_err(|e| format!("--ttl {v:?}: {e}"))?;
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match config::load_process(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("payd: configuration error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match args.command.as_str() {
+        "serve" => serve(cfg),
+        "token" => {
+            let Some(user) = args.user.filter(|u| !u.is_empty()) else {
+                eprintln!("payd token: --user ID is required\n{USAGE}");
+                return ExitCode::from(2);
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!(
+                "{}",
+                Jwt::new(&cfg.auth).mint(&user, args.admin, now, args.ttl.as_secs())
+            );
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("unknown command {other:?}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(cfg: config::Config) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,payd=info,payd_actors=info,tower_http=info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("payd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match Application::build(cfg).await {
+            Ok(app) => {
+                app.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "payd failed to start");
+                eprintln!("payd: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
