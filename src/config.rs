@@ -886,13 +886,11 @@ fn apply_env(
 
     // Drop the file's other form of a secret the environment sets.
     for a in &assignments {
-        if let [section, key] = a.path.as_slice() {
-            if let Some(twin) = path_twin(section, key) {
-                if let Some(toml::Value::Table(t)) = table.get_mut(section.as_str()) {
+        if let [section, key] = a.path.as_slice()
+            && let Some(twin) = path_twin(section, key)
+                && let Some(toml::Value::Table(t)) = table.get_mut(section.as_str()) {
                     t.remove(twin.as_str());
                 }
-            }
-        }
     }
 
     for a in assignments {
@@ -955,25 +953,20 @@ fn generic_value(raw: &str) -> toml::Value {
         "false" => return toml::Value::Boolean(false),
         _ => {}
     }
-    if let Ok(n) = t.parse::<i64>() {
-        if n.to_string() == t {
+    if let Ok(n) = t.parse::<i64>()
+        && n.to_string() == t {
             return toml::Value::Integer(n);
         }
-    }
-    if looks_like_decimal(t) {
-        if let Ok(f) = t.parse::<f64>() {
-            if f.is_finite() {
+    if looks_like_decimal(t)
+        && let Ok(f) = t.parse::<f64>()
+            && f.is_finite() {
                 return toml::Value::Float(f);
             }
-        }
-    }
-    if t.starts_with('[') || t.starts_with('{') {
-        if let Ok(v) = t.parse::<toml::Value>() {
-            if matches!(v, toml::Value::Array(_) | toml::Value::Table(_)) {
+    if (t.starts_with('[') || t.starts_with('{'))
+        && let Ok(v) = t.parse::<toml::Value>()
+            && matches!(v, toml::Value::Array(_) | toml::Value::Table(_)) {
                 return v;
             }
-        }
-    }
     toml::Value::String(t.to_owned())
 }
 
@@ -1399,12 +1392,11 @@ fn de_problem(p: &mut Problems, base: &str, error: &toml::de::Error) {
         _ => base.to_owned(),
     };
     let message = error.message().replace('\n', " ");
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`') {
             p.push(&format!("{key}.{field}"), format!("unknown key{tail}"));
             return;
         }
-    }
     p.push(&key, message);
 }
 
@@ -1595,8 +1587,8 @@ fn build_payment(raw: RawPayment, p: &mut Problems) -> PaymentConfig {
     let late_payment = refuse_unsupported_late_payment(late_payment, p);
 
     PaymentConfig {
-        enabled: raw.enabled.map_or(true, |f| f.0),
-        mock_mode: raw.mock_mode.map_or(true, |f| f.0),
+        enabled: raw.enabled.is_none_or(|f| f.0),
+        mock_mode: raw.mock_mode.is_none_or(|f| f.0),
         order_expire,
         qr_code_expire,
         query_retry_max: int(
@@ -2015,7 +2007,7 @@ fn build_packages(
             }
         };
 
-        let is_active = pkg.is_active.map_or(true, |f| f.0);
+        let is_active = pkg.is_active.is_none_or(|f| f.0);
         let sort_order = int(
             p,
             &field("sort_order"),

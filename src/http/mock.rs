@@ -65,18 +65,17 @@ async fn pay(
                 .ok_or_else(|| ApiError::validation("currency must be an ISO 4217 code"))?,
         ),
     };
-    if let Some(tx) = &q.transaction_id {
-        if tx.is_empty()
+    if let Some(tx) = &q.transaction_id
+        && (tx.is_empty()
             || tx.len() > 64
             || !tx
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
         {
             return Err(ApiError::validation(
                 "transaction_id must be 1-64 characters [A-Za-z0-9_-]",
             ));
         }
-    }
     let now = state.clock.now();
     let report = mock
         .pay(order_no, q.amount, currency, q.transaction_id, now)

@@ -93,11 +93,10 @@ pub(super) async fn create_order(
             "membership upgrades are not available yet",
         ));
     }
-    if let Some(ip) = &body.client_ip {
-        if ip.parse::<std::net::IpAddr>().is_err() {
+    if let Some(ip) = &body.client_ip
+        && ip.parse::<std::net::IpAddr>().is_err() {
             return Err(ApiError::validation("client_ip must be an IP address"));
         }
-    }
 
     // Same key, same user, same (normalised) request: the first answer again.
     let Some(key) = key else {
@@ -217,8 +216,8 @@ async fn create_order_inner(
             format!("{} is not configured on this server", method.as_str()),
         )
     })?;
-    if let Some(max) = cfg.payment.max_order_amount.get(package.currency.as_str()) {
-        if package.amount_minor > *max {
+    if let Some(max) = cfg.payment.max_order_amount.get(package.currency.as_str())
+        && package.amount_minor > *max {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "amount_limit_exceeded",
@@ -230,7 +229,6 @@ async fn create_order_inner(
                 ),
             ));
         }
-    }
     if package.amount_minor <= 0 {
         return Err(ApiError::validation("the package has no positive price"));
     }

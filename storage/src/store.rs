@@ -256,12 +256,15 @@ impl Store {
     }
 }
 
+/// One staged write: table, key, and the new value (`None` deletes).
+type StagedWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
 /// What a command sees: reads through the writer's transaction (which includes the
 /// commands before it in the batch), and writes staged until the command returns Ok.
 pub struct WriteCtx<'a> {
     engine: &'a Engine,
     tx: &'a fjall::SingleWriterWriteTx<'a>,
-    staged: Vec<(&'static str, Vec<u8>, Option<Vec<u8>>)>,
+    staged: Vec<StagedWrite>,
     staged_index: HashMap<(&'static str, Vec<u8>), usize>,
 }
 
@@ -386,6 +389,17 @@ impl ReadView {
         self.snapshot
             .prefix(self.engine.keyspace(table.name), prefix.to_bytes())
             .count()
+    }
+
+    /// Every raw key and value of a table, in key order: for consistent exports and
+    /// for tests that prove a request changed nothing.
+    pub fn raw_entries(&self, table: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for guard in self.snapshot.iter(self.engine.keyspace(table)) {
+            let (k, v) = guard.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// The first entry of a table, in key order.

@@ -93,13 +93,13 @@ impl Actor for OrderSupervisor {
                 // Only when nothing was routed to it since it became idle: then its
                 // mailbox holds nothing but the Stop we send, and a later message
                 // activates a fresh actor from storage.
-                if st.live.get(&order_no).is_some_and(|e| e.routed == seen) {
-                    if let Some(entry) = st.live.remove(&order_no) {
-                        st.by_id.remove(&entry.actor.get_id());
-                        let _ = entry.actor.cast(OrderMsg::Stop);
-                        st.restarts.remove(&order_no);
-                        st.stats.passivations += 1;
-                    }
+                if st.live.get(&order_no).is_some_and(|e| e.routed == seen)
+                    && let Some(entry) = st.live.remove(&order_no)
+                {
+                    st.by_id.remove(&entry.actor.get_id());
+                    let _ = entry.actor.cast(OrderMsg::Stop);
+                    st.restarts.remove(&order_no);
+                    st.stats.passivations += 1;
                 }
             }
             SupervisorMsg::Stats(reply) => {
@@ -201,13 +201,13 @@ async fn route(
         }
         return;
     }
-    if !st.live.contains_key(&order_no) {
-        if let Err(e) = activate(myself, st, &order_no).await {
-            if let Some(r) = reply {
-                let _ = r.send(Err(e));
-            }
-            return;
+    if !st.live.contains_key(&order_no)
+        && let Err(e) = activate(myself, st, &order_no).await
+    {
+        if let Some(r) = reply {
+            let _ = r.send(Err(e));
         }
+        return;
     }
     let Some(entry) = st.live.get_mut(&order_no) else {
         return;

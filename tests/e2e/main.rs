@@ -1,0 +1,9 @@
+//! End-to-end tests: payd started in-process on port 0 with a temporary data
+//! directory and short durations, driven over real HTTP. One test binary, so the
+//! crate is built once and the tests run in parallel.
+
+mod bad_input;
+mod lifecycle;
+mod purchase;
+mod recovery;
+mod support;
