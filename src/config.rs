@@ -888,9 +888,10 @@ fn apply_env(
     for a in &assignments {
         if let [section, key] = a.path.as_slice()
             && let Some(twin) = path_twin(section, key)
-                && let Some(toml::Value::Table(t)) = table.get_mut(section.as_str()) {
-                    t.remove(twin.as_str());
-                }
+            && let Some(toml::Value::Table(t)) = table.get_mut(section.as_str())
+        {
+            t.remove(twin.as_str());
+        }
     }
 
     for a in assignments {
@@ -954,19 +955,22 @@ fn generic_value(raw: &str) -> toml::Value {
         _ => {}
     }
     if let Ok(n) = t.parse::<i64>()
-        && n.to_string() == t {
-            return toml::Value::Integer(n);
-        }
+        && n.to_string() == t
+    {
+        return toml::Value::Integer(n);
+    }
     if looks_like_decimal(t)
         && let Ok(f) = t.parse::<f64>()
-            && f.is_finite() {
-                return toml::Value::Float(f);
-            }
+        && f.is_finite()
+    {
+        return toml::Value::Float(f);
+    }
     if (t.starts_with('[') || t.starts_with('{'))
         && let Ok(v) = t.parse::<toml::Value>()
-            && matches!(v, toml::Value::Array(_) | toml::Value::Table(_)) {
-                return v;
-            }
+        && matches!(v, toml::Value::Array(_) | toml::Value::Table(_))
+    {
+        return v;
+    }
     toml::Value::String(t.to_owned())
 }
 
@@ -1393,10 +1397,11 @@ fn de_problem(p: &mut Problems, base: &str, error: &toml::de::Error) {
     };
     let message = error.message().replace('\n', " ");
     if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((field, tail)) = rest.split_once('`') {
-            p.push(&format!("{key}.{field}"), format!("unknown key{tail}"));
-            return;
-        }
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        p.push(&format!("{key}.{field}"), format!("unknown key{tail}"));
+        return;
+    }
     p.push(&key, message);
 }
 

@@ -71,11 +71,11 @@ async fn pay(
             || !tx
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-        {
-            return Err(ApiError::validation(
-                "transaction_id must be 1-64 characters [A-Za-z0-9_-]",
-            ));
-        }
+    {
+        return Err(ApiError::validation(
+            "transaction_id must be 1-64 characters [A-Za-z0-9_-]",
+        ));
+    }
     let now = state.clock.now();
     let report = mock
         .pay(order_no, q.amount, currency, q.transaction_id, now)

@@ -94,9 +94,10 @@ pub(super) async fn create_order(
         ));
     }
     if let Some(ip) = &body.client_ip
-        && ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(ApiError::validation("client_ip must be an IP address"));
-        }
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(ApiError::validation("client_ip must be an IP address"));
+    }
 
     // Same key, same user, same (normalised) request: the first answer again.
     let Some(key) = key else {
@@ -217,18 +218,19 @@ async fn create_order_inner(
         )
     })?;
     if let Some(max) = cfg.payment.max_order_amount.get(package.currency.as_str())
-        && package.amount_minor > *max {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "amount_limit_exceeded",
-                format!(
-                    "{} {} is above the limit of {} per order",
-                    package.amount_minor,
-                    package.currency.as_str(),
-                    max
-                ),
-            ));
-        }
+        && package.amount_minor > *max
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_limit_exceeded",
+            format!(
+                "{} {} is above the limit of {} per order",
+                package.amount_minor,
+                package.currency.as_str(),
+                max
+            ),
+        ));
+    }
     if package.amount_minor <= 0 {
         return Err(ApiError::validation("the package has no positive price"));
     }
