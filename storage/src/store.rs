@@ -126,6 +126,8 @@ struct Shared {
     reopens: AtomicU64,
     #[cfg(any(test, feature = "fault-injection"))]
     fail_commits: AtomicU64,
+    #[cfg(any(test, feature = "fault-injection"))]
+    hold_reopen: AtomicBool,
 }
 
 impl Shared {
@@ -171,6 +173,8 @@ impl Store {
             reopens: AtomicU64::new(0),
             #[cfg(any(test, feature = "fault-injection"))]
             fail_commits: AtomicU64::new(0),
+            #[cfg(any(test, feature = "fault-injection"))]
+            hold_reopen: AtomicBool::new(false),
         });
         let writer_shared = shared.clone();
         std::thread::Builder::new()
@@ -253,6 +257,13 @@ impl Store {
     #[cfg(any(test, feature = "fault-injection"))]
     pub fn fail_next_commits(&self, n: u64) {
         self.shared.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// While `true`, a reopen after a failed commit keeps failing (a disk that stays
+    /// broken), so tests can watch payd refuse writes.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn hold_reopen(&self, hold: bool) {
+        self.shared.hold_reopen.store(hold, Ordering::SeqCst);
     }
 }
 
@@ -551,7 +562,16 @@ fn reopen(shared: &Shared, rx: &mut mpsc::Receiver<Msg>, pending: &mut Option<Ms
     let mut delay = Duration::from_millis(50);
     loop {
         *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
-        match Engine::open(&shared.opts) {
+        #[cfg(any(test, feature = "fault-injection"))]
+        let held = shared.hold_reopen.load(Ordering::SeqCst);
+        #[cfg(not(any(test, feature = "fault-injection")))]
+        let held = false;
+        let opened = if held {
+            Err(StorageError::Engine("reopen held by a test".into()))
+        } else {
+            Engine::open(&shared.opts)
+        };
+        match opened {
             Ok(engine) => {
                 *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(engine));
                 shared.reopens.fetch_add(1, Ordering::Relaxed);
@@ -575,7 +595,7 @@ fn reopen(shared: &Shared, rx: &mut mpsc::Receiver<Msg>, pending: &mut Option<Ms
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 

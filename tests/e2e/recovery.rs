@@ -48,3 +48,71 @@ async fn restart_keeps_paid_orders_fires_deadlines_and_grants_nothing_twice() {
     assert_eq!(list["total"], 3);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_refused_with_503_changes_nothing_and_recovers_after_reopen() {
+    let app = TestApp::spawn_with_replacements(&[
+        ("order_expire = \"4s\"", "order_expire = \"60s\""),
+        ("query_interval = \"1s\"", "query_interval = \"30s\""),
+    ])
+    .await;
+    let u = app.token("pete");
+    let no = order_no(&app.order(&u, "basic", "mock").await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = app.fingerprint();
+    let store = app.app().state().store.clone();
+    store.hold_reopen(true);
+    store.fail_next_commits(1);
+    let (status, body) = app.pay(&u, &no, "").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("storage_unavailable")),
+        "{body}"
+    );
+    // Not ready, and no further write is acknowledged while the disk stays broken.
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = app
+        .post(
+            "/api/v1/orders",
+            &u,
+            Some(serde_json::json!({"package_id": "basic", "payment_method": "mock"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The disk comes back: the database is reopened and nothing half-written remains.
+    store.hold_reopen(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !store.is_healthy() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "storage never reopened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.fingerprint(),
+        before,
+        "a refused write left something behind"
+    );
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let (status, paid) = app.pay(&u, &no, "").await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(
+        app.entitlements(&u).await["membership"]["queries_remaining"],
+        100
+    );
+    app.stop().await;
+}
