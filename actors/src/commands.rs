@@ -7,8 +7,8 @@ use std::sync::Arc;
 use payd_storage::{ReadView, StorageError, Store, WriteCtx};
 
 use crate::model::{
-    Entitlements, HistoryEntry, Membership, Order, OrderStatus, Package, PackageKind,
-    PackageSnapshot, TimelineEntry, TimerKind, Timestamp,
+    Entitlements, HistoryEntry, Membership, NotificationRecord, Order, OrderStatus, Package,
+    PackageKind, PackageSnapshot, TimelineEntry, TimerKind, Timestamp,
 };
 use crate::tables::*;
 
@@ -106,6 +106,8 @@ pub struct TransitionWrite {
     pub grant: bool,
     pub timeline: Option<TimelineEntry>,
     pub tiers: Arc<Vec<String>>,
+    /// The verified callback that caused it, logged in the same transaction.
+    pub notification: Option<NotificationRecord>,
 }
 
 /// Persists a transition: the order, its deadline index entries (old ones removed,
@@ -119,6 +121,7 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             grant,
             timeline,
             tiers,
+            notification,
         } = w;
         let stored = ctx
             .get(&ORDERS, &next.order_no)?
@@ -159,9 +162,30 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
         }
         ctx.put(&ORDERS, &next.order_no, &next);
+        if let Some(n) = notification {
+            put_notification(ctx, n)?;
+        }
         Ok(next)
     })
     .await
+}
+
+/// Logs a verified callback; a repeated event id counts a delivery on the first record.
+fn put_notification(ctx: &mut WriteCtx<'_>, n: NotificationRecord) -> Result<(), CommandError> {
+    let key = (n.provider.as_str().to_string(), n.event_id.clone());
+    match ctx.get(&NOTIFICATIONS, &key)? {
+        Some(mut first) => {
+            first.deliveries += 1;
+            ctx.put(&NOTIFICATIONS, &key, &first);
+        }
+        None => ctx.put(&NOTIFICATIONS, &key, &n),
+    }
+    Ok(())
+}
+
+/// Logs a verified callback that changed nothing (a duplicate).
+pub async fn log_notification(store: &Store, n: NotificationRecord) -> Result<(), CommandError> {
+    run(store, move |ctx| put_notification(ctx, n)).await
 }
 
 fn tier_rank(tiers: &[String], t: &str) -> usize {

@@ -492,3 +492,27 @@ pub struct HistoryEntry {
 impl payd_storage::Record for HistoryEntry {
     const SCHEMA: u8 = 1;
 }
+
+/// A verified provider callback, kept with everything needed to re-verify and replay
+/// it later. Written in the same transaction as the effect it had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRecord {
+    pub provider: ProviderKind,
+    /// The provider's own id of the event (WeChat `id`, Alipay `notify_id` + status,
+    /// Stripe `event.id`), the dedupe key.
+    pub event_id: String,
+    pub order_no: String,
+    /// `processed` (it changed the order) or `duplicate` (it changed nothing).
+    pub result: String,
+    pub source_ip: Option<String>,
+    pub received_at: Timestamp,
+    /// How many times it was delivered.
+    pub deliveries: u32,
+    /// The raw body and the headers its signature needs.
+    pub raw_body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl payd_storage::Record for NotificationRecord {
+    const SCHEMA: u8 = 1;
+}

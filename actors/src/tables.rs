@@ -3,7 +3,9 @@
 use payd_storage::{Record, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entitlements, HistoryEntry, Order, Package, TimelineEntry, Timestamp};
+use crate::model::{
+    Entitlements, HistoryEntry, NotificationRecord, Order, Package, TimelineEntry, Timestamp,
+};
 
 /// A value-less index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +57,11 @@ pub const HISTORY: Table<(String, u64), HistoryEntry> = Table::new("history");
 /// (user id, key) → remembered response.
 pub const IDEMPOTENCY: Table<(String, String), IdempotencyRecord> = Table::new("idempotency");
 
+/// (provider, event id) → the verified callback, its raw form and what it did.
+pub const NOTIFICATIONS: Table<(String, String), NotificationRecord> = Table::new("notifications");
+
 /// Every table of the domain, for `StoreOptions::tables`.
-pub const DOMAIN_TABLES: [&str; 8] = [
+pub const DOMAIN_TABLES: [&str; 9] = [
     "packages",
     "orders",
     "user_orders",
@@ -65,4 +70,5 @@ pub const DOMAIN_TABLES: [&str; 8] = [
     "entitlements",
     "history",
     "idempotency",
+    "notifications",
 ];

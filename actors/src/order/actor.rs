@@ -12,7 +12,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::commands::{self, CommandError, TransitionWrite};
-use crate::model::{Order, OrderStatus, TimelineEntry};
+use crate::model::{NotificationRecord, Order, OrderStatus, TimelineEntry};
 use crate::order::Deps;
 use crate::order::machine::{CloseOutcome, Effect, Event, QueryOutcome, Rejection, step};
 use crate::order::supervisor::SupervisorMsg;
@@ -44,6 +44,12 @@ pub enum OrderCommand {
     OpenTrade,
     /// Feed an event to the machine and answer once its transition is durable.
     Event(Event),
+    /// A verified provider callback: like `Event`, and the callback is logged in the
+    /// same storage transaction as its effect (or alone, when it changed nothing).
+    Callback {
+        event: Event,
+        notification: Box<NotificationRecord>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +141,13 @@ impl Actor for OrderActor {
                             }
                         }
                     }
+                    OrderCommand::Callback {
+                        event,
+                        notification,
+                    } => {
+                        let result = apply_logged(&myself, st, event, Some(*notification)).await;
+                        answer(reply, result.map(|()| st.order.clone()));
+                    }
                     OrderCommand::Event(event) => {
                         let refresh = matches!(event, Event::RefreshQr);
                         match apply(&myself, st, event).await {
@@ -217,6 +230,31 @@ async fn apply(
     st: &mut OrderState,
     event: Event,
 ) -> Result<(), OrderError> {
+    apply_logged(myself, st, event, None).await
+}
+
+fn storage_failed(
+    myself: &ActorRef<OrderMsg>,
+    order_no: &str,
+    event_name: &str,
+    e: CommandError,
+) -> OrderError {
+    tracing::error!(order_no = %order_no, event = event_name, error = %e,
+        "order transition not persisted; the actor stops and reloads from storage");
+    // Whatever is in memory may no longer match the disk: start over from it.
+    myself.stop(Some("storage error".into()));
+    match e {
+        CommandError::Storage(s) => OrderError::Storage(s.to_string()),
+        other => OrderError::Storage(other.to_string()),
+    }
+}
+
+async fn apply_logged(
+    myself: &ActorRef<OrderMsg>,
+    st: &mut OrderState,
+    event: Event,
+    mut notification: Option<NotificationRecord>,
+) -> Result<(), OrderError> {
     let now = st.deps.clock.now();
     let event_name = event.name();
     let actor = event.actor();
@@ -242,23 +280,25 @@ async fn apply(
             grant: transition.effects.contains(&Effect::Grant),
             timeline,
             tiers: st.deps.tiers.clone(),
+            notification: notification.take().map(|mut n| {
+                n.result = "processed".into();
+                n
+            }),
         };
         match commands::apply_transition(&st.deps.store, write).await {
             Ok(saved) => st.order = saved,
-            Err(e) => {
-                tracing::error!(order_no = %before.order_no, event = event_name, error = %e,
-                    "order transition not persisted; the actor stops and reloads from storage");
-                // Whatever is in memory may no longer match the disk: start over from it.
-                myself.stop(Some("storage error".into()));
-                return Err(match e {
-                    CommandError::Storage(s) => OrderError::Storage(s.to_string()),
-                    other => OrderError::Storage(other.to_string()),
-                });
-            }
+            Err(e) => return Err(storage_failed(myself, &before.order_no, event_name, e)),
         }
         if st.order.status != before.status {
             tracing::info!(order_no = %st.order.order_no, from = before.status.as_str(),
                 to = st.order.status.as_str(), event = event_name, "order status changed");
+        }
+    }
+    if let Some(mut n) = notification {
+        // Verified, but it changed nothing: still logged, durably, before the reply.
+        n.result = "duplicate".into();
+        if let Err(e) = commands::log_notification(&st.deps.store, n).await {
+            return Err(storage_failed(myself, &before.order_no, event_name, e));
         }
     }
     for effect in transition.effects {
