@@ -24,6 +24,9 @@ use crate::auth::Jwt;
 use crate::config::{self, Config, LatePayment};
 use crate::http::{self, AppState};
 use crate::providers::mock::{MOCK_METHODS, MockProvider};
+use crate::providers::rejections::RejectionLog;
+use crate::providers::wechat::{self, WechatSetup};
+use payd_actors::model::PaymentMethod;
 
 pub struct Application {
     addr: SocketAddr,
@@ -31,6 +34,7 @@ pub struct Application {
     scheduler: ActorRef<SchedulerMsg>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 pub fn package_from_seed(seed: &config::PackageSeed) -> anyhow::Result<Package> {
@@ -99,6 +103,21 @@ impl Application {
         }
 
         let mut providers = Providers::new();
+        let wechat = match wechat::setup(&config, clock.clone()) {
+            WechatSetup::Absent => {
+                tracing::info!("WeChat Pay is not configured");
+                None
+            }
+            WechatSetup::Unusable(problems) => {
+                tracing::error!(problems = %problems.join("; "),
+                    "WeChat Pay is disabled: its configuration is incomplete");
+                None
+            }
+            WechatSetup::V3(w) => {
+                tracing::info!(mchid = w.mchid(), "WeChat Pay v3 configured");
+                Some(w)
+            }
+        };
         let mock = if config.payment.mock_mode {
             let mock = Arc::new(MockProvider::new(
                 store.clone(),
@@ -108,11 +127,22 @@ impl Application {
             tracing::warn!("mock mode: every payment method is served by the mock provider");
             Some(mock)
         } else {
-            tracing::warn!(
-                "mock mode is off and no real provider adapter is built in yet: every payment method answers payment_method_unavailable"
-            );
             None
         };
+        // Orders placed earlier with a real provider are still queried and closed
+        // there in mock mode too; only new orders go to the mock.
+        if let Some(w) = &wechat {
+            let methods: &[PaymentMethod] = if config.payment.mock_mode {
+                &[]
+            } else {
+                &[PaymentMethod::WechatNative]
+            };
+            providers.register(w.clone(), methods);
+        }
+        let certificate_refresh = wechat
+            .clone()
+            .filter(|w| w.keys.certificate_mode())
+            .map(|w| tokio::spawn(refresh_wechat_certificates(w)));
 
         let deps = Arc::new(Deps {
             store: store.clone(),
@@ -141,6 +171,8 @@ impl Application {
         .context("starting the scheduler")?;
 
         let state = AppState {
+            wechat,
+            rejections: Arc::new(RejectionLog::default()),
             jwt: Arc::new(Jwt::new(&config.auth)),
             config: config.clone(),
             store,
@@ -173,6 +205,7 @@ impl Application {
             scheduler,
             shutdown: Some(tx),
             server,
+            background: certificate_refresh.into_iter().collect(),
         })
     }
 
@@ -202,6 +235,9 @@ impl Application {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        for task in &self.background {
+            task.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
         let wait = Some(Duration::from_secs(10));
         let _ = self.scheduler.stop_and_wait(None, wait).await;
@@ -219,6 +255,23 @@ impl Application {
         shutdown_signal().await;
         tracing::info!("shutting down");
         self.stop().await;
+    }
+}
+
+/// Certificate mode: download WeChat's platform certificates at start (when none are
+/// cached) and then once a day.
+async fn refresh_wechat_certificates(w: Arc<crate::providers::wechat::v3::WechatV3>) {
+    const DAILY: Duration = Duration::from_secs(24 * 3600);
+    if !w.keys.certificate_serials().is_empty() {
+        tokio::time::sleep(DAILY).await;
+    }
+    loop {
+        if let Err(e) = w.refresh_certificates().await {
+            tracing::warn!(error = %e, "WeChat certificate download failed; retrying in a minute");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            continue;
+        }
+        tokio::time::sleep(DAILY).await;
     }
 }
 

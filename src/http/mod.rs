@@ -22,10 +22,13 @@ use crate::auth::Jwt;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::providers::mock::MockProvider;
+use crate::providers::rejections::RejectionLog;
+use crate::providers::wechat::v3::WechatV3;
 
 pub mod error;
 pub mod extract;
 mod mock;
+mod notify;
 mod ops;
 mod orders;
 pub mod views;
@@ -40,6 +43,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub jwt: Arc<Jwt>,
     pub mock: Option<Arc<MockProvider>>,
+    pub wechat: Option<Arc<WechatV3>>,
+    pub rejections: Arc<RejectionLog>,
 }
 
 impl AppState {
@@ -91,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/mock/orders/{order_no}/pay", post(mock::api_pay))
         .route("/api/v1/mock/orders/{order_no}/fail", post(mock::api_fail))
         .route("/api/v1/mock/demo-token", post(mock::demo_token))
+        .route("/api/v1/notify/wechat", post(notify::wechat))
+        .route("/api/v1/notify/wechat/refund", post(notify::wechat))
         .route("/mock/pay/{order_no}", get(mock::cashier_page))
         .route("/mock/pay/{order_no}/pay", post(mock::cashier_pay))
         .route("/mock/pay/{order_no}/fail", post(mock::cashier_fail))

@@ -1,5 +1,9 @@
 //! Provider adapters. Each translates one platform's wire protocol into the
-//! `PaymentProvider` port of payd-actors; the built-in mock speaks no wire protocol
-//! at all and is for development and tests of everything above the adapters.
+//! `PaymentProvider` port of payd-actors, through the shared [`executor`]; the
+//! built-in mock speaks no wire protocol and serves development and tests of
+//! everything above the adapters.
 
+pub mod executor;
 pub mod mock;
+pub mod rejections;
+pub mod wechat;

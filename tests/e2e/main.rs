@@ -7,3 +7,5 @@ mod lifecycle;
 mod purchase;
 mod recovery;
 mod support;
+mod wechat;
+mod wechat_sandbox;

@@ -122,6 +122,30 @@ impl TestApp {
         Self::start(text, Arc::new(tempfile::tempdir().unwrap())).await
     }
 
+    /// Real providers instead of the mock: mock mode off, a fixed free port so the
+    /// notify URLs payd hands to providers are right, `replacements` applied to the
+    /// base config and `extra` (provider tables) appended.
+    pub(crate) async fn spawn_real(replacements: &[(&str, &str)], extra: &str) -> TestApp {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut text = BASE_CONFIG
+            .replacen(
+                "bind = \"127.0.0.1:0\"",
+                &format!("bind = \"127.0.0.1:{port}\"\nbase_url = \"http://127.0.0.1:{port}\""),
+                1,
+            )
+            .replacen("[payment]", "[payment]\nmock_mode = false", 1);
+        for (from, to) in replacements {
+            assert!(text.contains(from), "config has no {from:?}");
+            text = text.replacen(from, to, 1);
+        }
+        text.push_str(extra);
+        Self::start(text, Arc::new(tempfile::tempdir().unwrap())).await
+    }
+
     /// The base config with `extra` (new tables) appended.
     pub(crate) async fn spawn_with(extra: &str) -> TestApp {
         let text = format!("{BASE_CONFIG}\n{extra}");

@@ -1,0 +1,94 @@
+//! Callbacks that failed verification: counted by provider and reason, and the most
+//! recent kept in a bounded in-memory log. Deliberately not written to disk — a flood
+//! of forgeries must never cost one disk sync each.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use payd_actors::model::Timestamp;
+
+/// Entries kept in the recent-rejections log.
+const RECENT: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub provider: &'static str,
+    pub reason: &'static str,
+    pub source_ip: Option<String>,
+    pub at: Timestamp,
+}
+
+#[derive(Default)]
+pub struct RejectionLog {
+    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    recent: Mutex<VecDeque<Rejected>>,
+}
+
+impl RejectionLog {
+    pub fn record(&self, entry: Rejected) {
+        tracing::warn!(
+            provider = entry.provider,
+            reason = entry.reason,
+            source_ip = entry.source_ip.as_deref().unwrap_or("-"),
+            "callback rejected"
+        );
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((entry.provider, entry.reason))
+            .or_insert(0) += 1;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(entry);
+    }
+
+    pub fn count(&self, provider: &str, reason: &str) -> u64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((p, r), _)| *p == provider && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn recent(&self) -> Vec<Rejected> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood() {
+        let log = RejectionLog::default();
+        for i in 0..(RECENT as i64 * 3) {
+            log.record(Rejected {
+                provider: "wechat",
+                reason: "bad_signature",
+                source_ip: None,
+                at: Timestamp(i),
+            });
+        }
+        assert_eq!(log.recent().len(), RECENT);
+        assert_eq!(log.count("wechat", "bad_signature"), RECENT as u64 * 3);
+        assert_eq!(log.recent()[0].at, Timestamp(RECENT as i64 * 2));
+    }
+}
