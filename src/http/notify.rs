@@ -16,8 +16,7 @@ use payd_actors::tables::ORDERS;
 use serde_json::json;
 
 use crate::http::AppState;
-use crate::providers::rejections::Rejected;
-use crate::providers::wechat::RejectReason;
+use crate::providers::rejections::{RejectReason, Rejected};
 use crate::providers::wechat::v3::V3Notification;
 
 /// Headers kept with a logged callback, so it can be re-verified later.

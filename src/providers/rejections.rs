@@ -7,6 +7,49 @@ use std::sync::Mutex;
 
 use payd_actors::model::Timestamp;
 
+/// Why a callback was refused, for every provider. Stable names: they label
+/// counters and the rejection log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    MissingSignature,
+    BadSignature,
+    UnknownSerial,
+    Stale,
+    Undecryptable,
+    Malformed,
+    WrongMerchant,
+    UnknownOrder,
+    TooLarge,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::MissingSignature,
+        RejectReason::BadSignature,
+        RejectReason::UnknownSerial,
+        RejectReason::Stale,
+        RejectReason::Undecryptable,
+        RejectReason::Malformed,
+        RejectReason::WrongMerchant,
+        RejectReason::UnknownOrder,
+        RejectReason::TooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MissingSignature => "missing_signature",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::UnknownSerial => "unknown_serial",
+            RejectReason::Stale => "stale_timestamp",
+            RejectReason::Undecryptable => "undecryptable",
+            RejectReason::Malformed => "malformed",
+            RejectReason::WrongMerchant => "wrong_merchant",
+            RejectReason::UnknownOrder => "unknown_order",
+            RejectReason::TooLarge => "too_large",
+        }
+    }
+}
+
 /// Entries kept in the recent-rejections log.
 const RECENT: usize = 1000;
 

@@ -20,47 +20,7 @@ use crypto::{MerchantSigner, RsaVerifier};
 use keys::WechatKeys;
 use v3::{WechatV3, WechatV3Settings};
 
-/// Why a callback (or a response) was refused. Stable names: they label counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RejectReason {
-    MissingSignature,
-    BadSignature,
-    UnknownSerial,
-    Stale,
-    Undecryptable,
-    Malformed,
-    WrongMerchant,
-    UnknownOrder,
-    TooLarge,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
-        RejectReason::MissingSignature,
-        RejectReason::BadSignature,
-        RejectReason::UnknownSerial,
-        RejectReason::Stale,
-        RejectReason::Undecryptable,
-        RejectReason::Malformed,
-        RejectReason::WrongMerchant,
-        RejectReason::UnknownOrder,
-        RejectReason::TooLarge,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::MissingSignature => "missing_signature",
-            RejectReason::BadSignature => "bad_signature",
-            RejectReason::UnknownSerial => "unknown_serial",
-            RejectReason::Stale => "stale_timestamp",
-            RejectReason::Undecryptable => "undecryptable",
-            RejectReason::Malformed => "malformed",
-            RejectReason::WrongMerchant => "wrong_merchant",
-            RejectReason::UnknownOrder => "unknown_order",
-            RejectReason::TooLarge => "too_large",
-        }
-    }
-}
+pub use crate::providers::rejections::RejectReason;
 
 /// Beijing wall time with a fixed +08:00 offset, whatever the host's time zone.
 pub fn beijing_rfc3339(t: Timestamp) -> String {
