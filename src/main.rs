@@ -9,6 +9,7 @@ use payd::config;
 
 const USAGE: &str = "usage:
   payd serve [--config FILE]
+  payd check-config [--config FILE]
   payd token --user ID [--admin] [--ttl 1h] [--config FILE]";
 
 struct Args {
@@ -64,6 +65,15 @@ fn main() -> ExitCode {
     };
     match args.command.as_str() {
         "serve" => serve(cfg),
+        "check-config" => {
+            let (report, ok) = payd::check::report(&cfg);
+            print!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         "token" => {
             let Some(user) = args.user.filter(|u| !u.is_empty()) else {
                 eprintln!("payd token: --user ID is required\n{USAGE}");

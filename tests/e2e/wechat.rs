@@ -491,3 +491,63 @@ async fn forged_stale_tampered_and_foreign_callbacks_are_rejected_counted_and_ch
         .await;
     app.stop().await;
 }
+
+#[test]
+fn check_config_names_what_is_missing_or_malformed_without_printing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_key = dir.path().join("bad.pem");
+    std::fs::write(
+        &bad_key,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+[auth]
+jwt_secret = "test-secret-0123456789abcdef"
+[wechat]
+mch_id = "{MCHID}"
+api_v3_key = "{APIV3_KEY}"
+private_key_path = {bad:?}
+"#,
+        bad = bad_key.display().to_string()
+    );
+    let cfg = payd::config::load_from_str(&text, &|_| None, &[]).unwrap();
+    let (report, ok) = payd::check::report(&cfg);
+    assert!(!ok, "{report}");
+    assert!(report.contains("wechat: UNUSABLE"), "{report}");
+    assert!(report.contains("wechat.app_id: missing"), "{report}");
+    assert!(
+        report.contains("wechat.cert_serial_no: missing"),
+        "{report}"
+    );
+    assert!(report.contains("wechat.private_key_path:"), "{report}");
+    assert!(!report.contains(APIV3_KEY), "a secret leaked: {report}");
+
+    let good = format!(
+        r#"
+[auth]
+jwt_secret = "test-secret-0123456789abcdef"
+[wechat]
+app_id = "{APPID}"
+mch_id = "{MCHID}"
+api_v3_key = "{APIV3_KEY}"
+private_key_path = {key:?}
+cert_serial_no = "{MERCHANT_SERIAL}"
+platform_public_key_path = {pubkey:?}
+platform_public_key_id = "{PUB_KEY_ID}"
+"#,
+        key = fixture("vectors/merchant_rsa2048_private_pkcs1.pem")
+            .display()
+            .to_string(),
+        pubkey = fixture("vectors/provider_rsa2048_public.pem")
+            .display()
+            .to_string(),
+    );
+    let cfg = payd::config::load_from_str(&good, &|_| None, &[]).unwrap();
+    let (report, ok) = payd::check::report(&cfg);
+    assert!(ok, "{report}");
+    assert!(report.contains("wechat: usable"), "{report}");
+    assert!(report.contains(PUB_KEY_ID), "{report}");
+    assert!(!report.contains(APIV3_KEY));
+}
