@@ -103,19 +103,27 @@ impl Application {
         }
 
         let mut providers = Providers::new();
-        let wechat = match wechat::setup(&config, clock.clone()) {
+        let (wechat, wechat_v2) = match wechat::setup(&config, clock.clone()) {
             WechatSetup::Absent => {
                 tracing::info!("WeChat Pay is not configured");
-                None
+                (None, None)
             }
             WechatSetup::Unusable(problems) => {
                 tracing::error!(problems = %problems.join("; "),
                     "WeChat Pay is disabled: its configuration is incomplete");
-                None
+                (None, None)
             }
             WechatSetup::V3(w) => {
                 tracing::info!(mchid = w.mchid(), "WeChat Pay v3 configured");
-                Some(w)
+                (Some(w), None)
+            }
+            WechatSetup::V2(w) => {
+                tracing::info!(
+                    mch_id = w.mch_id(),
+                    refunds = w.refunds_enabled(),
+                    "WeChat Pay v2 configured"
+                );
+                (None, Some(w))
             }
         };
         let mock = if config.payment.mock_mode {
@@ -132,6 +140,14 @@ impl Application {
         // Orders placed earlier with a real provider are still queried and closed
         // there in mock mode too; only new orders go to the mock.
         if let Some(w) = &wechat {
+            let methods: &[PaymentMethod] = if config.payment.mock_mode {
+                &[]
+            } else {
+                &[PaymentMethod::WechatNative]
+            };
+            providers.register(w.clone(), methods);
+        }
+        if let Some(w) = &wechat_v2 {
             let methods: &[PaymentMethod] = if config.payment.mock_mode {
                 &[]
             } else {
@@ -172,6 +188,7 @@ impl Application {
 
         let state = AppState {
             wechat,
+            wechat_v2,
             rejections: Arc::new(RejectionLog::default()),
             jwt: Arc::new(Jwt::new(&config.auth)),
             config: config.clone(),

@@ -40,6 +40,15 @@ pub fn check_providers(cfg: &Config) -> Vec<(&'static str, ProviderCheck)> {
                 keys.join(" and ")
             ))
         }
+        WechatSetup::V2(w) => ProviderCheck::Usable(format!(
+            "API v2, mch_id {}, refunds {}",
+            w.mch_id(),
+            if w.refunds_enabled() {
+                "enabled (merchant certificate loaded)"
+            } else {
+                "disabled: set wechat.cert_path and wechat.private_key_path"
+            }
+        )),
     };
     vec![("wechat", wechat)]
 }

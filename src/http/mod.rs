@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::providers::mock::MockProvider;
 use crate::providers::rejections::RejectionLog;
+use crate::providers::wechat::v2::WechatV2;
 use crate::providers::wechat::v3::WechatV3;
 
 pub mod error;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub jwt: Arc<Jwt>,
     pub mock: Option<Arc<MockProvider>>,
     pub wechat: Option<Arc<WechatV3>>,
+    pub wechat_v2: Option<Arc<WechatV2>>,
     pub rejections: Arc<RejectionLog>,
 }
 

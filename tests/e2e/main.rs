@@ -9,3 +9,5 @@ mod recovery;
 mod support;
 mod wechat;
 mod wechat_sandbox;
+mod wechat_v2;
+mod wechat_v2_sandbox;

@@ -13,11 +13,13 @@ use crate::providers::executor::{Executor, ExecutorConfig};
 
 pub mod crypto;
 pub mod keys;
+pub mod v2;
 pub mod v3;
 pub mod xml;
 
 use crypto::{MerchantSigner, RsaVerifier};
 use keys::WechatKeys;
+use v2::{WechatV2, WechatV2Settings};
 use v3::{WechatV3, WechatV3Settings};
 
 pub use crate::providers::rejections::RejectReason;
@@ -52,6 +54,7 @@ pub enum WechatSetup {
     /// Configured but unusable: each line names a key and what is wrong.
     Unusable(Vec<String>),
     V3(Arc<WechatV3>),
+    V2(Arc<WechatV2>),
 }
 
 fn read(path: &Path, key: &str, problems: &mut Vec<String>) -> Option<Vec<u8>> {
@@ -77,8 +80,7 @@ pub fn setup(cfg: &Config, clock: SharedClock) -> WechatSetup {
     }
     let mut problems = Vec::new();
     if w.api_version == WechatApiVersion::V2 {
-        problems.push("wechat.api_version: v2 is not supported by this build yet; use v3".into());
-        return WechatSetup::Unusable(problems);
+        return setup_v2(cfg, clock);
     }
     let mut need = |v: Option<String>, key: &str| {
         if v.is_none() {
@@ -165,6 +167,75 @@ pub fn setup(cfg: &Config, clock: SharedClock) -> WechatSetup {
                 exec,
                 clock,
             )))
+        }
+        _ => WechatSetup::Unusable(problems),
+    }
+}
+
+/// API v2: the app id, merchant id and API key; the merchant certificate and key
+/// (PEM) for refunds over mutual TLS.
+fn setup_v2(cfg: &Config, clock: SharedClock) -> WechatSetup {
+    let w = &cfg.wechat;
+    let mut problems = Vec::new();
+    let mut need = |v: Option<String>, key: &str| {
+        if v.is_none() {
+            problems.push(format!("{key}: missing"));
+        }
+        v
+    };
+    let appid = need(w.app_id.clone(), "wechat.app_id");
+    let mch_id = need(w.mch_id.clone(), "wechat.mch_id");
+    let api_key = need(
+        w.api_key.as_ref().map(|s| s.expose().to_string()),
+        "wechat.api_key",
+    );
+    if api_key.as_ref().is_some_and(|k| k.len() != 32) {
+        problems.push("wechat.api_key: the v2 API key is 32 characters".into());
+    }
+    let exec_config = ExecutorConfig::new(cfg.providers.timeout, cfg.providers.max_concurrency);
+    let refund_exec = match (&w.cert_path, &w.private_key_path) {
+        (Some(cert), Some(key)) => {
+            let pem = read(cert, "wechat.cert_path", &mut problems).zip(read(
+                key,
+                "wechat.private_key_path",
+                &mut problems,
+            ));
+            pem.and_then(|(mut cert_pem, key_pem)| {
+                cert_pem.push(b'\n');
+                cert_pem.extend_from_slice(&key_pem);
+                let client = reqwest::Identity::from_pem(&cert_pem)
+                    .and_then(|id| {
+                        reqwest::Client::builder()
+                            .identity(id)
+                            .redirect(reqwest::redirect::Policy::none())
+                            .build()
+                    })
+                    .map_err(|e| problems.push(format!("wechat.cert_path: merchant certificate or key unusable for TLS: {e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))
+                    .ok()?;
+                Some(Executor::new("wechat_v2_refund", client, exec_config.clone()))
+            })
+        }
+        (Some(_), None) => {
+            problems.push(
+                "wechat.private_key_path: missing (the key of wechat.cert_path, for refunds)"
+                    .into(),
+            );
+            None
+        }
+        _ => None,
+    };
+    match (appid, mch_id, api_key) {
+        (Some(appid), Some(mch_id), Some(api_key)) if problems.is_empty() => {
+            let settings = WechatV2Settings {
+                appid,
+                mch_id,
+                api_key,
+                notify_url: w.notify_url.clone(),
+                refund_notify_url: format!("{}/api/v1/notify/wechat/refund", cfg.server.base_url),
+                base_url: w.base_url.trim_end_matches('/').to_string(),
+            };
+            let exec = Executor::new("wechat", Executor::default_client(), exec_config);
+            WechatSetup::V2(Arc::new(WechatV2::new(settings, exec, refund_exec, clock)))
         }
         _ => WechatSetup::Unusable(problems),
     }
