@@ -169,6 +169,7 @@ impl Application {
             provider_timeout: config.providers.timeout,
             passivate_after: config.actors.passivate_after,
             restart_budget: config.actors.restart_budget,
+            observers: Vec::new(),
         });
         let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
             .await

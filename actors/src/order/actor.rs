@@ -293,6 +293,9 @@ async fn apply_logged(
             tracing::info!(order_no = %st.order.order_no, from = before.status.as_str(),
                 to = st.order.status.as_str(), event = event_name, "order status changed");
         }
+        for observer in &st.deps.observers {
+            observer.transition(&before, &st.order, event_name);
+        }
     }
     if let Some(mut n) = notification {
         // Verified, but it changed nothing: still logged, durably, before the reply.

@@ -26,4 +26,13 @@ pub struct Deps {
     pub provider_timeout: Duration,
     pub passivate_after: Duration,
     pub restart_budget: u32,
+    /// Told about every durable transition (live pushes, monitor, webhooks).
+    pub observers: Vec<Arc<dyn OrderObserver>>,
+}
+
+/// Hears about an order's transitions *after* they are durable — never before, so a
+/// push or a metric can never announce something the disk does not hold. Must not
+/// block: hand the news to a channel or an actor.
+pub trait OrderObserver: Send + Sync + 'static {
+    fn transition(&self, before: &crate::model::Order, after: &crate::model::Order, event: &str);
 }
