@@ -214,6 +214,7 @@ pub fn grant_package(
         points_delta: 0,
         bonus_points_delta: 0,
         queries_delta: 0,
+        refund_no: None,
     };
     match package.kind {
         PackageKind::Membership => {
@@ -374,5 +375,120 @@ pub fn list_user_orders(
         }
         total += 1;
     }
+    Ok((items, total))
+}
+
+// ---- consumption ----
+
+/// What the host application spends of a user's entitlements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consumption {
+    pub queries: u64,
+    pub points: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    /// Debited; the new entitlements.
+    Done(Entitlements),
+    /// The same key and request again: the first answer.
+    Replay(String),
+    /// The same key with another request.
+    Mismatch,
+    /// Not enough of `what`; nothing was debited.
+    Insufficient(&'static str),
+}
+
+/// Debits queries (from the active membership) and points (bonus first, then paid)
+/// atomically, once per `Idempotency-Key`: the debit, its history entry and the
+/// remembered answer are one command. `render` turns the new entitlements into the
+/// response body to remember.
+pub async fn consume(
+    store: &Store,
+    user_id: String,
+    key: String,
+    request_hash: Vec<u8>,
+    want: Consumption,
+    now: Timestamp,
+    render: Box<dyn Fn(&Entitlements) -> String + Send>,
+) -> Result<ConsumeOutcome, CommandError> {
+    run(store, move |ctx| {
+        let idem_key = (user_id.clone(), format!("consume:{key}"));
+        if let Some(rec) = ctx.get(&IDEMPOTENCY, &idem_key)?
+            && rec.created_at.plus_ms(24 * 3_600_000) > now
+        {
+            if rec.request_hash != request_hash {
+                return Ok(ConsumeOutcome::Mismatch);
+            }
+            if let IdempotencyState::Done { body, .. } = rec.state {
+                return Ok(ConsumeOutcome::Replay(body));
+            }
+        }
+        let mut ent = ctx.get(&ENTITLEMENTS, &user_id)?.unwrap_or_default();
+        if want.queries > 0 {
+            match ent.membership.as_mut().filter(|m| m.expires_at > now) {
+                Some(m) if m.queries_remaining >= want.queries => {
+                    m.queries_remaining -= want.queries
+                }
+                _ => return Ok(ConsumeOutcome::Insufficient("queries")),
+            }
+        }
+        let (from_bonus, from_paid) = if want.points > 0 {
+            if ent.points_bonus.saturating_add(ent.points_paid) < want.points {
+                return Ok(ConsumeOutcome::Insufficient("points"));
+            }
+            let from_bonus = want.points.min(ent.points_bonus);
+            (from_bonus, want.points - from_bonus)
+        } else {
+            (0, 0)
+        };
+        ent.points_bonus -= from_bonus;
+        ent.points_paid -= from_paid;
+        let entry = HistoryEntry {
+            at: now,
+            change: "consume".into(),
+            order_no: None,
+            reason: format!("consumed (Idempotency-Key {key})"),
+            membership: ent.active_membership(now).cloned(),
+            points_delta: -(from_paid as i64),
+            bonus_points_delta: -(from_bonus as i64),
+            queries_delta: -(want.queries as i64),
+            refund_no: None,
+        };
+        ctx.put(&HISTORY, &(user_id.clone(), ent.history_len), &entry);
+        ent.history_len += 1;
+        ctx.put(&ENTITLEMENTS, &user_id, &ent);
+        ctx.put(
+            &IDEMPOTENCY,
+            &idem_key,
+            &IdempotencyRecord {
+                request_hash,
+                created_at: now,
+                state: IdempotencyState::Done {
+                    status: 200,
+                    body: render(&ent),
+                },
+            },
+        );
+        Ok(ConsumeOutcome::Done(ent))
+    })
+    .await
+}
+
+/// A page of a user's entitlement history, newest first.
+pub fn list_history(
+    view: &ReadView,
+    user_id: &str,
+    page: usize,
+    page_size: usize,
+) -> Result<(Vec<HistoryEntry>, usize), StorageError> {
+    let all = view.scan_prefix(&HISTORY, &user_id.to_string(), usize::MAX, true)?;
+    let total = all.len();
+    let items = all
+        .into_iter()
+        .skip(page.saturating_sub(1).saturating_mul(page_size))
+        .take(page_size)
+        .map(|(_, e)| e)
+        .collect();
     Ok((items, total))
 }

@@ -463,6 +463,11 @@ pub struct Entitlements {
     pub points_bonus: u64,
     /// Number of history entries written; the next entry's sequence number.
     pub history_len: u64,
+    /// Put on hold by refunds in flight: not spendable, clawed back when the refund
+    /// succeeds, released if it fails.
+    pub held_points_paid: u64,
+    pub held_points_bonus: u64,
+    pub held_queries: u64,
 }
 
 impl payd_storage::Record for Entitlements {
@@ -487,6 +492,8 @@ pub struct HistoryEntry {
     pub points_delta: i64,
     pub bonus_points_delta: i64,
     pub queries_delta: i64,
+    /// The refund that caused it, for holds, clawbacks and releases.
+    pub refund_no: Option<String>,
 }
 
 impl payd_storage::Record for HistoryEntry {

@@ -28,6 +28,7 @@ use crate::providers::wechat::v3::WechatV3;
 
 pub mod error;
 pub mod extract;
+mod me;
 mod mock;
 mod notify;
 mod ops;
@@ -95,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/orders/{order_no}/qr", post(orders::refresh_qr))
         .route("/api/v1/me/entitlements", get(orders::entitlements))
+        .route("/api/v1/me/entitlements/consume", post(me::consume))
+        .route("/api/v1/me/entitlements/history", get(me::history))
         .route("/api/v1/mock/orders/{order_no}/pay", post(mock::api_pay))
         .route("/api/v1/mock/orders/{order_no}/fail", post(mock::api_fail))
         .route("/api/v1/mock/demo-token", post(mock::demo_token))
