@@ -25,6 +25,7 @@ use crate::config::{self, Config, LatePayment};
 use crate::http::{self, AppState};
 use crate::providers::mock::{MOCK_METHODS, MockProvider};
 use crate::providers::rejections::RejectionLog;
+use crate::providers::stripe::{self, StripeSetup};
 use crate::providers::wechat::{self, WechatSetup};
 use payd_actors::model::PaymentMethod;
 
@@ -155,6 +156,32 @@ impl Application {
             };
             providers.register(w.clone(), methods);
         }
+        let stripe = match stripe::setup(&config, clock.clone()) {
+            StripeSetup::Absent => {
+                tracing::info!("Stripe is not configured");
+                None
+            }
+            StripeSetup::Unusable(problems) => {
+                tracing::error!(problems = %problems.join("; "),
+                    "Stripe is disabled: its configuration is incomplete");
+                None
+            }
+            StripeSetup::Ready(s) => {
+                tracing::info!(
+                    api_version = s.api_version(),
+                    test_mode = s.test_mode(),
+                    "Stripe configured"
+                );
+                // Mock mode wins for new orders; Stripe's own orders are still served.
+                let methods: &[PaymentMethod] = if config.payment.mock_mode {
+                    &[]
+                } else {
+                    &[PaymentMethod::StripeCheckout]
+                };
+                providers.register(s.clone(), methods);
+                Some(s)
+            }
+        };
         let certificate_refresh = wechat
             .clone()
             .filter(|w| w.keys.certificate_mode())
@@ -190,6 +217,7 @@ impl Application {
         let state = AppState {
             wechat,
             wechat_v2,
+            stripe,
             rejections: Arc::new(RejectionLog::default()),
             jwt: Arc::new(Jwt::new(&config.auth)),
             config: config.clone(),

@@ -297,6 +297,10 @@ pub enum AnomalyKind {
     AmountMismatch = 0,
     DoublePayment = 1,
     LatePaymentRefund = 2,
+    /// The buyer disputed the payment with their bank (a Stripe chargeback). The
+    /// anomaly's `transaction_id` holds the dispute id (`dp_…`), so later updates of
+    /// the same dispute find it; its detail names the dispute's current status.
+    Dispute = 3,
 }
 
 impl AnomalyKind {
@@ -305,6 +309,7 @@ impl AnomalyKind {
             AnomalyKind::AmountMismatch => "amount_mismatch",
             AnomalyKind::DoublePayment => "double_payment",
             AnomalyKind::LatePaymentRefund => "late_payment_refund",
+            AnomalyKind::Dispute => "dispute",
         }
     }
 }

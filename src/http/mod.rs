@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::providers::mock::MockProvider;
 use crate::providers::rejections::RejectionLog;
+use crate::providers::stripe::Stripe;
 use crate::providers::wechat::v2::WechatV2;
 use crate::providers::wechat::v3::WechatV3;
 
@@ -33,6 +34,7 @@ mod mock;
 mod notify;
 mod ops;
 mod orders;
+mod stripe;
 pub mod views;
 
 /// What every handler can reach. Cheap to clone.
@@ -47,6 +49,7 @@ pub struct AppState {
     pub mock: Option<Arc<MockProvider>>,
     pub wechat: Option<Arc<WechatV3>>,
     pub wechat_v2: Option<Arc<WechatV2>>,
+    pub stripe: Option<Arc<Stripe>>,
     pub rejections: Arc<RejectionLog>,
 }
 
@@ -103,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/mock/demo-token", post(mock::demo_token))
         .route("/api/v1/notify/wechat", post(notify::wechat))
         .route("/api/v1/notify/wechat/refund", post(notify::wechat))
+        .route("/api/v1/notify/stripe", post(stripe::notify))
         .route("/mock/pay/{order_no}", get(mock::cashier_page))
         .route("/mock/pay/{order_no}/pay", post(mock::cashier_pay))
         .route("/mock/pay/{order_no}/fail", post(mock::cashier_fail))

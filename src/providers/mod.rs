@@ -6,4 +6,5 @@
 pub mod executor;
 pub mod mock;
 pub mod rejections;
+pub mod stripe;
 pub mod wechat;

@@ -7,6 +7,8 @@ mod entitlements;
 mod lifecycle;
 mod purchase;
 mod recovery;
+mod stripe;
+mod stripe_sandbox;
 mod support;
 mod wechat;
 mod wechat_sandbox;

@@ -102,6 +102,14 @@ pub enum Event {
         kind: TimerKind,
         generation: u64,
     },
+    /// A verified report that the buyer disputed the payment (a chargeback), or that a
+    /// dispute changed status. Recorded as an anomaly; the order's status stays.
+    Disputed {
+        dispute_id: String,
+        amount_minor: i64,
+        currency: Currency,
+        status: String,
+    },
 }
 
 impl Event {
@@ -122,6 +130,7 @@ impl Event {
                 TimerKind::Expire => "order_expired",
                 TimerKind::Retry => "retry_due",
             },
+            Event::Disputed { .. } => "disputed",
         }
     }
 
@@ -162,6 +171,7 @@ pub enum AlertKind {
     AmountMismatch,
     DoublePayment,
     LatePayment,
+    Dispute,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +268,20 @@ pub fn step(
             *next.timers.slot(kind) = None;
             timer_fired(&mut next, &mut effects, kind, now, policy);
         }
+        Event::Disputed {
+            dispute_id,
+            amount_minor,
+            currency,
+            status,
+        } => disputed(
+            &mut next,
+            &mut effects,
+            dispute_id,
+            amount_minor,
+            currency,
+            &status,
+            now,
+        ),
     }
     if next != *order {
         next.updated_at = now;
@@ -539,6 +563,53 @@ fn confirm(
     }
     effects.push(Effect::Alert {
         kind: AlertKind::LatePayment,
+        detail,
+    });
+}
+
+/// A dispute is recorded once per dispute id and updated when its status changes; a
+/// repeated report of the same status is a no-op. The order's status never moves:
+/// money taken back by a lost dispute is clawed back through the refund path.
+fn disputed(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    dispute_id: String,
+    amount_minor: i64,
+    currency: Currency,
+    status: &str,
+    now: Timestamp,
+) {
+    let detail = format!(
+        "dispute {dispute_id} is {status}: {amount_minor} {} disputed on payment {}",
+        currency.as_str(),
+        order.provider_transaction_id.as_deref().unwrap_or("?")
+    );
+    let existing = order
+        .anomalies
+        .iter_mut()
+        .find(|a| a.kind == AnomalyKind::Dispute && a.transaction_id == dispute_id);
+    match existing {
+        Some(a) if a.detail == detail && a.amount_minor == amount_minor => return,
+        Some(a) => {
+            a.amount_minor = amount_minor;
+            a.currency = currency;
+            a.detail = detail.clone();
+            a.at = now;
+            // A new status is news even if an operator had closed the earlier one.
+            a.resolved = false;
+        }
+        None => order.anomalies.push(Anomaly {
+            kind: AnomalyKind::Dispute,
+            transaction_id: dispute_id,
+            amount_minor,
+            currency,
+            detail: detail.clone(),
+            at: now,
+            resolved: false,
+        }),
+    }
+    effects.push(Effect::Alert {
+        kind: AlertKind::Dispute,
         detail,
     });
 }

@@ -544,3 +544,71 @@ proptest! {
         prop_assert!(o.payments.iter().filter(|p| p.disposition == PaymentDisposition::Granted).count() <= 1);
     }
 }
+
+fn dispute(id: &str, amount: i64, status: &str) -> Event {
+    Event::Disputed {
+        dispute_id: id.into(),
+        amount_minor: amount,
+        currency: Currency::parse("CNY").unwrap(),
+        status: status.into(),
+    }
+}
+
+#[test]
+fn a_dispute_is_an_anomaly_updated_by_status_that_never_moves_the_order() {
+    let paid = run(&new_order(), pay("tx1", 990), LatePaymentPolicy::Grant).next;
+    let opened = run(
+        &paid,
+        dispute("dp_1", 990, "needs_response"),
+        LatePaymentPolicy::Grant,
+    );
+    assert_eq!(opened.next.status, OrderStatus::Paid);
+    assert_eq!(opened.next.granted, paid.granted);
+    assert_eq!(opened.next.anomalies.len(), 1);
+    let a = &opened.next.anomalies[0];
+    assert_eq!(
+        (a.kind, a.transaction_id.as_str()),
+        (AnomalyKind::Dispute, "dp_1")
+    );
+    assert!(
+        a.detail.contains("needs_response") && a.detail.contains("tx1"),
+        "{}",
+        a.detail
+    );
+    assert!(matches!(
+        opened.effects.as_slice(),
+        [Effect::Alert {
+            kind: AlertKind::Dispute,
+            ..
+        }]
+    ));
+    // The same report again (a redelivered event): nothing changes, no second alert.
+    let again = run(
+        &opened.next,
+        dispute("dp_1", 990, "needs_response"),
+        LatePaymentPolicy::Grant,
+    );
+    assert_eq!(again.next, opened.next);
+    assert!(again.effects.is_empty());
+    // The dispute closes: the same anomaly is updated, reopened and alerted.
+    let mut resolved = opened.next.clone();
+    resolved.anomalies[0].resolved = true;
+    let lost = run(
+        &resolved,
+        dispute("dp_1", 990, "lost"),
+        LatePaymentPolicy::Grant,
+    );
+    assert_eq!(lost.next.status, OrderStatus::Paid);
+    assert_eq!(lost.next.anomalies.len(), 1);
+    assert!(lost.next.anomalies[0].detail.contains("lost"));
+    assert!(!lost.next.anomalies[0].resolved);
+    assert_eq!(lost.effects.len(), 1);
+    assert!(lost.next.timers.iter().next().is_none());
+    // Another dispute on the same order is another anomaly.
+    let second = run(
+        &lost.next,
+        dispute("dp_2", 100, "warning_needs_response"),
+        LatePaymentPolicy::Grant,
+    );
+    assert_eq!(second.next.anomalies.len(), 2);
+}
