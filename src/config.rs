@@ -1589,8 +1589,6 @@ fn build_payment(raw: RawPayment, p: &mut Problems) -> PaymentConfig {
             LatePayment::Grant
         }
     };
-    let late_payment = refuse_unsupported_late_payment(late_payment, p);
-
     PaymentConfig {
         enabled: raw.enabled.is_none_or(|f| f.0),
         mock_mode: raw.mock_mode.is_none_or(|f| f.0),
@@ -1630,18 +1628,6 @@ fn build_payment(raw: RawPayment, p: &mut Problems) -> PaymentConfig {
 /// Refunds do not exist yet, so a late payment can only be granted. The issue
 /// that implements refunds removes this check (and nothing else needs to change
 /// here: `LatePayment::Refund` already parses).
-fn refuse_unsupported_late_payment(late_payment: LatePayment, p: &mut Problems) -> LatePayment {
-    match late_payment {
-        LatePayment::Grant => LatePayment::Grant,
-        LatePayment::Refund => {
-            p.push(
-                "payment.late_payment",
-                "refunds are not implemented yet; use \"grant\"",
-            );
-            LatePayment::Grant
-        }
-    }
-}
 
 fn build_membership(raw: RawMembership, p: &mut Problems) -> MembershipConfig {
     let Some(given) = raw.tiers else {
@@ -2712,10 +2698,11 @@ mod tests {
     }
 
     #[test]
-    fn late_payment_refund_is_refused_for_now() {
-        let err = error_text(load_with("[payment]\nlate_payment = \"refund\"\n", &[]));
+    fn late_payment_takes_grant_or_refund_only() {
+        let c = load_with("[payment]\nlate_payment = \"refund\"\n", &[]).unwrap();
+        assert_eq!(c.payment.late_payment, LatePayment::Refund);
+        let err = error_text(load_with("[payment]\nlate_payment = \"keep\"\n", &[]));
         assert!(err.contains("payment.late_payment"), "{err}");
-        assert!(err.contains("refunds are not implemented yet"), "{err}");
 
         let c = load_with("[payment]\nlate_payment = \"grant\"\n", &[]).unwrap();
         assert_eq!(c.payment.late_payment, LatePayment::Grant);

@@ -108,6 +108,16 @@ pub struct TransitionWrite {
     pub tiers: Arc<Vec<String>>,
     /// The verified callback that caused it, logged in the same transaction.
     pub notification: Option<NotificationRecord>,
+    /// Entitlement changes of refunds, applied in the same transaction.
+    pub refund_ops: Vec<RefundOp>,
+}
+
+/// What a refund does to the buyer's entitlement, with the transition that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOp {
+    Hold(String),
+    Clawback(String),
+    Release(String),
 }
 
 /// Persists a transition: the order, its deadline index entries (old ones removed,
@@ -122,6 +132,7 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             timeline,
             tiers,
             notification,
+            refund_ops,
         } = w;
         let stored = ctx
             .get(&ORDERS, &next.order_no)?
@@ -159,6 +170,16 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             let entry = grant_package(&mut ent, &next.package, &tiers, now, &next.order_no);
             ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
             ent.history_len += 1;
+            ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
+        }
+        if !refund_ops.is_empty() {
+            let mut ent = ctx.get(&ENTITLEMENTS, &next.user_id)?.unwrap_or_default();
+            for op in &refund_ops {
+                if let Some(entry) = apply_refund_op(&mut ent, &mut next, op) {
+                    ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
+                    ent.history_len += 1;
+                }
+            }
             ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
         }
         ctx.put(&ORDERS, &next.order_no, &next);
@@ -491,4 +512,289 @@ pub fn list_history(
         .map(|(_, e)| e)
         .collect();
     Ok((items, total))
+}
+
+/// `x` scaled by the refunded share of the order, rounded down, in integers.
+fn share(x: u64, refund_minor: i64, order_minor: i64) -> u64 {
+    if order_minor <= 0 || refund_minor <= 0 {
+        return 0;
+    }
+    (u128::from(x) * refund_minor as u128 / order_minor as u128) as u64
+}
+
+/// Holds, claws back or releases the refunded share of an order's entitlement, and
+/// returns the history entry. The refunded share is the refund's fraction of the
+/// order's amount: of its points and bonus points (kept apart), of its queries, and
+/// of its membership days. Nothing goes below zero: what was already spent is a
+/// shortfall, recorded as an anomaly when the refund succeeds.
+fn apply_refund_op(
+    ent: &mut Entitlements,
+    order: &mut Order,
+    op: &RefundOp,
+) -> Option<HistoryEntry> {
+    let (RefundOp::Hold(no) | RefundOp::Clawback(no) | RefundOp::Release(no)) = op;
+    let idx = order.refunds.iter().position(|r| &r.refund_no == no)?;
+    let amount = order.refunds[idx].amount_minor;
+    let now = order.updated_at;
+    let pkg = order.package.clone();
+    let mut entry = HistoryEntry {
+        at: now,
+        change: String::new(),
+        order_no: Some(order.order_no.clone()),
+        reason: String::new(),
+        membership: None,
+        points_delta: 0,
+        bonus_points_delta: 0,
+        queries_delta: 0,
+        refund_no: Some(no.clone()),
+    };
+    match op {
+        RefundOp::Hold(_) => {
+            let mut hold = crate::model::EntitlementHold::default();
+            match pkg.kind {
+                PackageKind::Points => {
+                    let want_paid = share(pkg.points.unwrap_or(0), amount, order.amount_minor);
+                    let want_bonus =
+                        share(pkg.bonus_points.unwrap_or(0), amount, order.amount_minor);
+                    hold.points_paid = want_paid.min(ent.points_paid);
+                    hold.points_bonus = want_bonus.min(ent.points_bonus);
+                    hold.shortfall = hold.points_paid < want_paid || hold.points_bonus < want_bonus;
+                    ent.points_paid -= hold.points_paid;
+                    ent.points_bonus -= hold.points_bonus;
+                    ent.held_points_paid += hold.points_paid;
+                    ent.held_points_bonus += hold.points_bonus;
+                }
+                PackageKind::Membership => {
+                    let want_queries = share(
+                        u64::from(pkg.queries_count.unwrap_or(0)),
+                        amount,
+                        order.amount_minor,
+                    );
+                    hold.membership_days = share(
+                        u64::from(pkg.validity_days.unwrap_or(0)),
+                        amount,
+                        order.amount_minor,
+                    ) as u32;
+                    let available = ent
+                        .membership
+                        .as_ref()
+                        .filter(|m| m.expires_at > now)
+                        .map_or(0, |m| m.queries_remaining);
+                    hold.queries = want_queries.min(available);
+                    hold.shortfall = hold.queries < want_queries;
+                    if let Some(m) = ent.membership.as_mut() {
+                        m.queries_remaining -= hold.queries.min(m.queries_remaining);
+                    }
+                    ent.held_queries += hold.queries;
+                }
+            }
+            entry.change = "refund_hold".into();
+            entry.reason = "refunded share put on hold while the refund is processed".into();
+            entry.points_delta = -(hold.points_paid as i64);
+            entry.bonus_points_delta = -(hold.points_bonus as i64);
+            entry.queries_delta = -(hold.queries as i64);
+            order.refunds[idx].hold = hold;
+        }
+        RefundOp::Clawback(_) => {
+            let hold = order.refunds[idx].hold.clone();
+            ent.held_points_paid = ent.held_points_paid.saturating_sub(hold.points_paid);
+            ent.held_points_bonus = ent.held_points_bonus.saturating_sub(hold.points_bonus);
+            ent.held_queries = ent.held_queries.saturating_sub(hold.queries);
+            if hold.membership_days > 0
+                && let Some(m) = ent.membership.as_mut()
+            {
+                m.expires_at = m
+                    .expires_at
+                    .plus_ms(-(i64::from(hold.membership_days) * DAY_MS));
+            }
+            if hold.shortfall {
+                order.anomalies.push(crate::model::Anomaly {
+                    kind: crate::model::AnomalyKind::ClawbackShortfall,
+                    transaction_id: order.provider_transaction_id.clone().unwrap_or_default(),
+                    amount_minor: amount,
+                    currency: order.currency.clone(),
+                    detail: format!(
+                        "refund {no}: part of the refunded share had already been spent"
+                    ),
+                    at: now,
+                    resolved: false,
+                });
+            }
+            entry.change = "refund_clawback".into();
+            entry.reason = format!(
+                "refund succeeded: held share taken back, membership shortened by {} days",
+                hold.membership_days
+            );
+            entry.membership = ent.active_membership(now).cloned();
+        }
+        RefundOp::Release(_) => {
+            let hold = order.refunds[idx].hold.clone();
+            let paid = hold.points_paid.min(ent.held_points_paid);
+            let bonus = hold.points_bonus.min(ent.held_points_bonus);
+            let queries = hold.queries.min(ent.held_queries);
+            ent.held_points_paid -= paid;
+            ent.held_points_bonus -= bonus;
+            ent.held_queries -= queries;
+            ent.points_paid += paid;
+            ent.points_bonus += bonus;
+            if let Some(m) = ent.membership.as_mut() {
+                m.queries_remaining += queries;
+            }
+            entry.change = "refund_release".into();
+            entry.reason = "refund failed: held share released".into();
+            entry.points_delta = paid as i64;
+            entry.bonus_points_delta = bonus as i64;
+            entry.queries_delta = queries as i64;
+        }
+    }
+    Some(entry)
+}
+
+/// Appends an admin action to the audit log.
+pub async fn audit(store: &Store, entry: crate::model::AuditEntry) -> Result<(), CommandError> {
+    run(store, move |ctx| {
+        let at = entry.at.ms();
+        // A free sequence number within the same millisecond.
+        let taken = ctx.scan_prefix(&AUDIT, &at, usize::MAX)?.len() as u64;
+        ctx.put(&AUDIT, &(at, taken), &entry);
+        Ok(())
+    })
+    .await
+}
+
+/// Every order matching `keep`, newest first, and the total.
+pub fn scan_orders(
+    view: &ReadView,
+    keep: impl Fn(&Order) -> bool,
+    page: usize,
+    page_size: usize,
+) -> Result<(Vec<Order>, usize), StorageError> {
+    let mut all: Vec<Order> = view
+        .scan_prefix(&ORDERS, &(), usize::MAX, false)?
+        .into_iter()
+        .map(|(_, o)| o)
+        .filter(|o| keep(o))
+        .collect();
+    all.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(b.order_no.cmp(&a.order_no))
+    });
+    let total = all.len();
+    let items = all
+        .into_iter()
+        .skip(page.saturating_sub(1).saturating_mul(page_size))
+        .take(page_size)
+        .collect();
+    Ok((items, total))
+}
+
+// ---- operator changes to entitlements and packages ----
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdjustOutcome {
+    Done(Entitlements),
+    /// The change would take the balance (or the membership) below zero.
+    Insufficient(&'static str),
+    NoMembership,
+}
+
+/// Extends a user's membership by `days` (from now if it has lapsed), with a history
+/// entry naming the admin's reason.
+pub async fn extend_membership(
+    store: &Store,
+    user_id: String,
+    days: u32,
+    reason: String,
+    now: Timestamp,
+) -> Result<AdjustOutcome, CommandError> {
+    run(store, move |ctx| {
+        let mut ent = ctx.get(&ENTITLEMENTS, &user_id)?.unwrap_or_default();
+        let Some(m) = ent.membership.as_mut() else {
+            return Ok(AdjustOutcome::NoMembership);
+        };
+        if m.expires_at <= now {
+            // A lapsed membership restarts now; its queries lapsed with it.
+            m.expires_at = now;
+            m.queries_remaining = 0;
+        }
+        m.expires_at = m.expires_at.plus_ms(i64::from(days) * DAY_MS);
+        let entry = HistoryEntry {
+            at: now,
+            change: "admin_extend".into(),
+            order_no: None,
+            reason,
+            membership: Some(m.clone()),
+            points_delta: 0,
+            bonus_points_delta: 0,
+            queries_delta: 0,
+            refund_no: None,
+        };
+        ctx.put(&HISTORY, &(user_id.clone(), ent.history_len), &entry);
+        ent.history_len += 1;
+        ctx.put(&ENTITLEMENTS, &user_id, &ent);
+        Ok(AdjustOutcome::Done(ent))
+    })
+    .await
+}
+
+/// Credits (positive) or debits (negative) paid and bonus points by hand — the
+/// "re-issue coins" every operator needs — never below zero.
+pub async fn adjust_points(
+    store: &Store,
+    user_id: String,
+    points: i64,
+    bonus_points: i64,
+    reason: String,
+    now: Timestamp,
+) -> Result<AdjustOutcome, CommandError> {
+    run(store, move |ctx| {
+        let mut ent = ctx.get(&ENTITLEMENTS, &user_id)?.unwrap_or_default();
+        let paid = ent.points_paid as i128 + i128::from(points);
+        let bonus = ent.points_bonus as i128 + i128::from(bonus_points);
+        if paid < 0 || bonus < 0 {
+            return Ok(AdjustOutcome::Insufficient("points"));
+        }
+        ent.points_paid = u64::try_from(paid).unwrap_or(u64::MAX);
+        ent.points_bonus = u64::try_from(bonus).unwrap_or(u64::MAX);
+        let entry = HistoryEntry {
+            at: now,
+            change: "admin_adjust".into(),
+            order_no: None,
+            reason,
+            membership: None,
+            points_delta: points,
+            bonus_points_delta: bonus_points,
+            queries_delta: 0,
+            refund_no: None,
+        };
+        ctx.put(&HISTORY, &(user_id.clone(), ent.history_len), &entry);
+        ent.history_len += 1;
+        ctx.put(&ENTITLEMENTS, &user_id, &ent);
+        Ok(AdjustOutcome::Done(ent))
+    })
+    .await
+}
+
+/// Creates a package (`create`: refused if the id exists) or replaces an existing
+/// one (refused if it does not, or if its kind would change). Orders keep their
+/// snapshot, so this never changes an existing order.
+pub async fn put_package(
+    store: &Store,
+    package: Package,
+    create: bool,
+) -> Result<Package, CommandError> {
+    run(store, move |ctx| {
+        match (ctx.get(&PACKAGES, &package.id)?, create) {
+            (Some(_), true) => return Err(CommandError::AlreadyExists),
+            (None, false) => return Err(CommandError::NotFound),
+            (Some(old), false) if old.kind != package.kind => {
+                return Err(CommandError::AlreadyExists);
+            }
+            _ => {}
+        }
+        ctx.put(&PACKAGES, &package.id, &package);
+        Ok(package)
+    })
+    .await
 }

@@ -301,6 +301,10 @@ pub enum AnomalyKind {
     /// anomaly's `transaction_id` holds the dispute id (`dp_…`), so later updates of
     /// the same dispute find it; its detail names the dispute's current status.
     Dispute = 3,
+    /// The provider reports a refund failed or abnormal.
+    RefundAbnormal = 4,
+    /// A refund could not take back what was already spent.
+    ClawbackShortfall = 5,
 }
 
 impl AnomalyKind {
@@ -310,6 +314,8 @@ impl AnomalyKind {
             AnomalyKind::DoublePayment => "double_payment",
             AnomalyKind::LatePaymentRefund => "late_payment_refund",
             AnomalyKind::Dispute => "dispute",
+            AnomalyKind::RefundAbnormal => "refund_abnormal",
+            AnomalyKind::ClawbackShortfall => "clawback_shortfall",
         }
     }
 }
@@ -341,10 +347,17 @@ pub enum TimerKind {
     Expire = 1,
     /// Retry of a provider call in the expiry sequence that failed.
     Retry = 2,
+    /// Ask the provider about refunds still processing (and re-issue lost ones).
+    RefundPoll = 3,
 }
 
 impl TimerKind {
-    pub const ALL: [TimerKind; 3] = [TimerKind::Poll, TimerKind::Expire, TimerKind::Retry];
+    pub const ALL: [TimerKind; 4] = [
+        TimerKind::Poll,
+        TimerKind::Expire,
+        TimerKind::Retry,
+        TimerKind::RefundPoll,
+    ];
 
     pub fn as_u8(self) -> u8 {
         self as u8
@@ -359,6 +372,7 @@ pub struct Timers {
     pub poll: Option<Timer>,
     pub expire: Option<Timer>,
     pub retry: Option<Timer>,
+    pub refund_poll: Option<Timer>,
 }
 
 impl Timers {
@@ -367,6 +381,7 @@ impl Timers {
             TimerKind::Poll => self.poll,
             TimerKind::Expire => self.expire,
             TimerKind::Retry => self.retry,
+            TimerKind::RefundPoll => self.refund_poll,
         }
     }
     pub fn slot(&mut self, kind: TimerKind) -> &mut Option<Timer> {
@@ -374,6 +389,7 @@ impl Timers {
             TimerKind::Poll => &mut self.poll,
             TimerKind::Expire => &mut self.expire,
             TimerKind::Retry => &mut self.retry,
+            TimerKind::RefundPoll => &mut self.refund_poll,
         }
     }
     pub fn iter(&self) -> impl Iterator<Item = (TimerKind, Timer)> + '_ {
@@ -422,6 +438,10 @@ pub struct Order {
     pub failure_reason: Option<String>,
     pub late_payment: bool,
     pub granted: bool,
+    /// Paid by an operator's force-complete, not by a provider confirmation.
+    pub force_completed: bool,
+    /// Refunds of this order, each with its own state.
+    pub refunds: Vec<RefundEntry>,
     pub payments: Vec<Payment>,
     pub anomalies: Vec<Anomaly>,
     pub timers: Timers,
@@ -526,5 +546,71 @@ pub struct NotificationRecord {
 }
 
 impl payd_storage::Record for NotificationRecord {
+    const SCHEMA: u8 = 1;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefundState {
+    Processing = 0,
+    Succeeded = 1,
+    Failed = 2,
+}
+
+impl RefundState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundState::Processing => "processing",
+            RefundState::Succeeded => "succeeded",
+            RefundState::Failed => "failed",
+        }
+    }
+}
+
+/// What a refund put on hold of the buyer's entitlements (clawed back when it
+/// succeeds, released when it fails).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementHold {
+    pub points_paid: u64,
+    pub points_bonus: u64,
+    pub queries: u64,
+    /// The days of membership the refund takes back when it succeeds.
+    pub membership_days: u32,
+    /// Part of the refunded share had been spent already: nothing below zero, an
+    /// anomaly instead.
+    pub shortfall: bool,
+}
+
+/// One refund of an order: its own record with its own state (processing →
+/// succeeded | failed), kept on the order so that its actor owns it and payments
+/// and refunds of one order never race.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundEntry {
+    pub refund_no: String,
+    pub amount_minor: i64,
+    pub reason: String,
+    pub state: RefundState,
+    pub provider_refund_id: Option<String>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub requested_by: Actor,
+    pub failure_reason: Option<String>,
+    /// `Some`: refunds an extra payment (double or late); `None`: the order's payment.
+    pub transaction_id: Option<String>,
+    pub hold: EntitlementHold,
+    /// Status queries (and re-issues) made so far.
+    pub attempts: u32,
+}
+
+/// Who did what, when and why, through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    pub admin: String,
+    pub action: String,
+    pub target: String,
+    pub reason: String,
+}
+
+impl payd_storage::Record for AuditEntry {
     const SCHEMA: u8 = 1;
 }

@@ -60,8 +60,11 @@ pub const IDEMPOTENCY: Table<(String, String), IdempotencyRecord> = Table::new("
 /// (provider, event id) → the verified callback, its raw form and what it did.
 pub const NOTIFICATIONS: Table<(String, String), NotificationRecord> = Table::new("notifications");
 
+/// (at ms, sequence within the ms): the admin audit log, in time order.
+pub const AUDIT: Table<(i64, u64), crate::model::AuditEntry> = Table::new("audit");
+
 /// Every table of the domain, for `StoreOptions::tables`.
-pub const DOMAIN_TABLES: [&str; 9] = [
+pub const DOMAIN_TABLES: [&str; 10] = [
     "packages",
     "orders",
     "user_orders",
@@ -71,4 +74,5 @@ pub const DOMAIN_TABLES: [&str; 9] = [
     "history",
     "idempotency",
     "notifications",
+    "audit",
 ];

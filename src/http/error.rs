@@ -134,6 +134,36 @@ impl From<OrderError> for ApiError {
                     status.as_str()
                 ),
             ),
+            OrderError::Rejected(Rejection::NotRefundable(status)) => ApiError::new(
+                StatusCode::CONFLICT,
+                "order_not_refundable",
+                format!(
+                    "the order is {} and has no payment left to refund",
+                    status.as_str()
+                ),
+            ),
+            OrderError::Rejected(Rejection::RefundExceedsPaid { refundable }) => ApiError::new(
+                StatusCode::CONFLICT,
+                "refund_exceeds_paid",
+                format!("at most {refundable} can still be refunded"),
+            ),
+            OrderError::Rejected(Rejection::InvalidAmount) => {
+                ApiError::validation("amount must be a positive integer in minor units")
+            }
+            OrderError::Rejected(Rejection::NoSuchPayment) => {
+                ApiError::not_found("the order has no such extra payment")
+            }
+            OrderError::Rejected(Rejection::NoSuchAnomaly) => {
+                ApiError::not_found("no such open anomaly")
+            }
+            OrderError::Rejected(Rejection::NotCompletable(status)) => ApiError::new(
+                StatusCode::CONFLICT,
+                "order_not_completable",
+                format!(
+                    "the order is {} and cannot be force-completed",
+                    status.as_str()
+                ),
+            ),
             OrderError::Provider(detail) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "provider_error",

@@ -276,6 +276,8 @@ async fn create_order_inner(
         failure_reason: None,
         late_payment: false,
         granted: false,
+        force_completed: false,
+        refunds: vec![],
         payments: vec![],
         anomalies: vec![],
         timers,

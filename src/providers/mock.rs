@@ -223,6 +223,15 @@ impl PaymentProvider for MockProvider {
             if request.amount_minor <= 0 || request.amount_minor > request.trade.amount_minor {
                 return Err(ProviderError::permanent("refund amount out of range"));
             }
+            // A refund whose reason says so is declined, as a bank sometimes does.
+            if request.reason.contains(MOCK_REFUND_DECLINE) {
+                return Ok(RefundOutcome {
+                    status: RefundStatus::Failed {
+                        reason: "mock refund declined".into(),
+                    },
+                    provider_refund_id: Some(format!("MOCKR{}", request.refund_no)),
+                });
+            }
             Ok(RefundOutcome {
                 status: RefundStatus::Succeeded,
                 provider_refund_id: Some(format!("MOCKR{}", request.refund_no)),
@@ -239,6 +248,10 @@ impl PaymentProvider for MockProvider {
         })
     }
 }
+
+/// A refund reason containing this is declined by the mock provider (for trying the
+/// failure path).
+pub const MOCK_REFUND_DECLINE: &str = "mock-decline";
 
 /// Every method the mock serves in mock mode.
 pub const MOCK_METHODS: [PaymentMethod; 5] = PaymentMethod::ALL;

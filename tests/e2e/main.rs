@@ -7,6 +7,7 @@ mod entitlements;
 mod lifecycle;
 mod purchase;
 mod recovery;
+mod refunds;
 mod stripe;
 mod stripe_sandbox;
 mod support;

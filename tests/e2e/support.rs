@@ -190,6 +190,10 @@ impl TestApp {
         self.jwt.mint(user, false, now_secs(), 3600)
     }
 
+    pub(crate) fn admin_token(&self) -> String {
+        self.jwt.mint("ops-admin", true, now_secs(), 3600)
+    }
+
     pub(crate) async fn call(
         &self,
         method: reqwest::Method,

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::commands::{self, CommandError, TransitionWrite};
+use crate::commands::{self, CommandError, RefundOp, TransitionWrite};
 use crate::model::{NotificationRecord, Order, OrderStatus, TimelineEntry};
 use crate::order::Deps;
-use crate::order::machine::{CloseOutcome, Effect, Event, QueryOutcome, Rejection, step};
+use crate::order::machine::{
+    CloseOutcome, Effect, Event, QueryOutcome, RefundReport, Rejection, step,
+};
 use crate::order::supervisor::SupervisorMsg;
 use crate::provider::{ProviderError, TradeRef, TradeRequest};
 
@@ -57,6 +59,7 @@ pub enum ProviderOp {
     Create,
     Query,
     Close,
+    Refund,
 }
 
 pub enum OrderMsg {
@@ -69,6 +72,9 @@ pub enum OrderMsg {
         result: Result<Event, ProviderError>,
     },
     IdleCheck(u64),
+    /// An event the actor raises for itself (an automatic refund); not routed by the
+    /// supervisor, so it does not count in the passivation handshake.
+    Internal(Event),
     Stop,
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -189,6 +195,11 @@ impl Actor for OrderActor {
                 }
                 return Ok(());
             }
+            OrderMsg::Internal(event) => {
+                if let Err(e) = apply(&myself, st, event).await {
+                    tracing::warn!(order_no = %st.order.order_no, error = %e, "internal event refused");
+                }
+            }
             OrderMsg::Stop => {
                 tracing::debug!(order_no = %st.order.order_no, "order actor passivated");
                 myself.stop(None);
@@ -274,7 +285,18 @@ async fn apply_logged(
             actor,
             reason: next.failure_reason.clone(),
         });
+        let refund_ops = transition
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::HoldEntitlement { refund_no } => Some(RefundOp::Hold(refund_no.clone())),
+                Effect::Clawback { refund_no } => Some(RefundOp::Clawback(refund_no.clone())),
+                Effect::ReleaseHold { refund_no } => Some(RefundOp::Release(refund_no.clone())),
+                _ => None,
+            })
+            .collect();
         let write = TransitionWrite {
+            refund_ops,
             from_version: before.version,
             next: transition.next.clone(),
             grant: transition.effects.contains(&Effect::Grant),
@@ -327,6 +349,13 @@ fn dispatch(myself: &ActorRef<OrderMsg>, st: &mut OrderState, effect: Effect) {
                 package_id = %st.order.package_id, "entitlement granted");
         }
         Effect::ReissueQr => spawn_create(myself, st),
+        Effect::HoldEntitlement { refund_no }
+        | Effect::Clawback { refund_no }
+        | Effect::ReleaseHold { refund_no } => {
+            tracing::info!(order_no = %order_no, refund_no = %refund_no, "entitlement share updated for a refund");
+        }
+        Effect::StartRefund { refund_no } => spawn_refund(myself, st, refund_no, false),
+        Effect::QueryRefund { refund_no } => spawn_refund(myself, st, refund_no, true),
         Effect::Query => {
             let trade = trade_ref(&st.order);
             spawn_call(myself, st, ProviderOp::Query, move |p| {
@@ -355,8 +384,16 @@ fn dispatch(myself: &ActorRef<OrderMsg>, st: &mut OrderState, effect: Effect) {
         } => {
             // Recorded on the order as an open anomaly in the same transition; the
             // refund itself is carried out by the refund path (admin / automatic).
+            // Recorded on the order as an open anomaly in the same transition; now
+            // refunded through the same path as any refund.
             tracing::warn!(order_no = %order_no, transaction_id = %transaction_id, amount_minor,
-                "payment must be refunded; recorded as an open anomaly");
+                "extra payment is refunded automatically");
+            let _ = myself.cast(OrderMsg::Internal(Event::RequestRefund {
+                amount_minor: Some(amount_minor),
+                reason: "automatic refund of a double or late payment".into(),
+                by: crate::model::Actor::System,
+                transaction_id: Some(transaction_id),
+            }));
         }
         Effect::Alert { kind, detail } => {
             tracing::warn!(order_no = %order_no, alert = ?kind, detail = %detail, "payment alert");
@@ -440,5 +477,48 @@ where
             (_, r) => r,
         };
         let _ = me.cast(OrderMsg::ProviderDone { op, result });
+    });
+}
+
+/// Calls the provider about one refund: `query` asks how it stands (and re-issues it
+/// when the provider does not know it — refunds are idempotent on their number);
+/// otherwise it asks for the refund. The answer comes back as a `RefundResult`.
+fn spawn_refund(myself: &ActorRef<OrderMsg>, st: &mut OrderState, refund_no: String, query: bool) {
+    let Some(r) = st.order.refunds.iter().find(|r| r.refund_no == refund_no) else {
+        return;
+    };
+    let request = crate::provider::RefundRequest {
+        trade: trade_ref(&st.order),
+        refund_no: refund_no.clone(),
+        amount_minor: r.amount_minor,
+        reason: r.reason.clone(),
+    };
+    spawn_call(myself, st, ProviderOp::Refund, move |p| {
+        Box::pin(async move {
+            let answer = if query {
+                match p.query_refund(request.clone()).await {
+                    Ok(a) => Ok(a),
+                    Err(_) => p.refund(request).await,
+                }
+            } else {
+                p.refund(request).await
+            };
+            let report = match answer {
+                Ok(a) => match a.status {
+                    crate::provider::RefundStatus::Succeeded => RefundReport::Succeeded {
+                        provider_refund_id: a.provider_refund_id,
+                    },
+                    crate::provider::RefundStatus::Processing => RefundReport::Processing {
+                        provider_refund_id: a.provider_refund_id,
+                    },
+                    crate::provider::RefundStatus::Failed { reason } => {
+                        RefundReport::Failed { reason }
+                    }
+                },
+                Err(e) if e.transient => RefundReport::Error { reason: e.message },
+                Err(e) => RefundReport::Failed { reason: e.message },
+            };
+            Ok(Event::RefundResult { refund_no, report })
+        })
     });
 }

@@ -10,6 +10,8 @@ use crate::model::{
     Actor, Anomaly, AnomalyKind, CloseStep, Currency, Order, OrderStatus, Payment,
     PaymentDisposition, PaymentSource, Timer, TimerKind, Timestamp,
 };
+use crate::order::refund;
+pub use crate::order::refund::{RefundReport, ResolveAction};
 
 /// Settings the machine needs, taken from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,29 @@ pub enum Event {
         kind: TimerKind,
         generation: u64,
     },
+    /// Refund (part of) the payment; `amount_minor: None` refunds all that is
+    /// refundable. `transaction_id` names an extra (double or late) payment instead.
+    RequestRefund {
+        amount_minor: Option<i64>,
+        reason: String,
+        by: Actor,
+        transaction_id: Option<String>,
+    },
+    /// The provider's answer (call, query or notification) about a refund.
+    RefundResult {
+        refund_no: String,
+        report: RefundReport,
+    },
+    /// An operator marks the order paid and granted.
+    ForceComplete {
+        reason: String,
+    },
+    /// An operator settles one of the order's anomalies.
+    ResolveAnomaly {
+        index: usize,
+        action: ResolveAction,
+        reason: String,
+    },
     /// A verified report that the buyer disputed the payment (a chargeback), or that a
     /// dispute changed status. Recorded as an anomaly; the order's status stays.
     Disputed {
@@ -125,10 +150,15 @@ impl Event {
             Event::QueryResult(_) => "query_result",
             Event::CloseResult(_) => "close_result",
             Event::Cancel { .. } => "cancel",
+            Event::RequestRefund { .. } => "refund_requested",
+            Event::RefundResult { .. } => "refund_result",
+            Event::ForceComplete { .. } => "force_complete",
+            Event::ResolveAnomaly { .. } => "resolve_anomaly",
             Event::Timer { kind, .. } => match kind {
                 TimerKind::Poll => "poll_due",
                 TimerKind::Expire => "order_expired",
                 TimerKind::Retry => "retry_due",
+                TimerKind::RefundPoll => "refund_poll_due",
             },
             Event::Disputed { .. } => "disputed",
         }
@@ -138,6 +168,8 @@ impl Event {
         match self {
             Event::RefreshQr => Actor::User,
             Event::Cancel { by } => *by,
+            Event::RequestRefund { by, .. } => *by,
+            Event::ForceComplete { .. } | Event::ResolveAnomaly { .. } => Actor::Admin,
             Event::Timer { .. } => Actor::System,
             _ => Actor::Provider,
         }
@@ -164,6 +196,16 @@ pub enum Effect {
     },
     /// Something an operator must hear about.
     Alert { kind: AlertKind, detail: String },
+    /// Put the refunded share of the entitlement on hold (in the same command).
+    HoldEntitlement { refund_no: String },
+    /// Take the held share back for good (in the same command as the success).
+    Clawback { refund_no: String },
+    /// Give the held share back (in the same command as the failure).
+    ReleaseHold { refund_no: String },
+    /// Ask the provider to refund (idempotent on the refund number).
+    StartRefund { refund_no: String },
+    /// Ask the provider how a refund stands.
+    QueryRefund { refund_no: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +214,7 @@ pub enum AlertKind {
     DoublePayment,
     LatePayment,
     Dispute,
+    RefundAbnormal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +229,18 @@ pub enum Rejection {
     NotCancellable(OrderStatus),
     #[error("order is {0:?}, not awaiting payment")]
     NotPending(OrderStatus),
+    #[error("order is {0:?}: there is no payment to refund")]
+    NotRefundable(OrderStatus),
+    #[error("the refund exceeds what can still be refunded ({refundable})")]
+    RefundExceedsPaid { refundable: i64 },
+    #[error("the amount must be a positive integer")]
+    InvalidAmount,
+    #[error("the order has no such extra payment")]
+    NoSuchPayment,
+    #[error("the order has no such open anomaly")]
+    NoSuchAnomaly,
+    #[error("order is {0:?} and cannot be completed")]
+    NotCompletable(OrderStatus),
 }
 
 /// Decides what `event` does to `order` at `now`.
@@ -260,6 +315,39 @@ pub fn step(
                 effects.push(Effect::Close);
             }
         }
+        Event::RequestRefund {
+            amount_minor,
+            reason,
+            by,
+            transaction_id,
+        } => refund::request(
+            &mut next,
+            &mut effects,
+            amount_minor,
+            reason,
+            by,
+            transaction_id,
+            now,
+            policy,
+        )?,
+        Event::RefundResult { refund_no, report } => {
+            refund::result(&mut next, &mut effects, &refund_no, report, now, policy)
+        }
+        Event::ForceComplete { .. } => refund::force_complete(&mut next, &mut effects, now)?,
+        Event::ResolveAnomaly {
+            index,
+            action,
+            reason,
+        } => refund::resolve(
+            &mut next,
+            &mut effects,
+            index,
+            action,
+            reason,
+            Actor::Admin,
+            now,
+            policy,
+        )?,
         Event::Timer { kind, generation } => {
             if order.timers.get(kind).map(|t| t.generation) != Some(generation) {
                 // A deadline that was replaced or cleared: ignore it.
@@ -315,6 +403,9 @@ fn timer_fired(
     now: Timestamp,
     policy: &Policy,
 ) {
+    if kind == TimerKind::RefundPoll {
+        return refund::poll(order, effects, now, policy);
+    }
     if order.status != OrderStatus::Pending {
         return;
     }
@@ -333,6 +424,7 @@ fn timer_fired(
             effects.push(Effect::Query);
             set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
         }
+        TimerKind::RefundPoll => {}
         TimerKind::Retry => {
             let Some(step) = order.closing else { return };
             if order.retry_count >= policy.query_retry_max {

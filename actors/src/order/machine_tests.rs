@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 
 use super::machine::*;
+use crate::model::RefundState;
 use crate::model::*;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
@@ -56,6 +57,8 @@ pub(crate) fn new_order() -> Order {
         failure_reason: None,
         late_payment: false,
         granted: false,
+        force_completed: false,
+        refunds: vec![],
         payments: vec![],
         anomalies: vec![],
         timers: Timers::default(),
@@ -369,6 +372,8 @@ enum Op {
     Query(u8),
     Close(u8),
     Cancel,
+    Refund(Option<i64>),
+    RefundAnswer(u8, u8),
     FireCurrent(u8),
     FireStale(u8),
 }
@@ -395,6 +400,16 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..4).prop_map(Op::Query),
         (0u8..3).prop_map(Op::Close),
         Just(Op::Cancel),
+        prop_oneof![
+            Just(None),
+            Just(Some(1i64)),
+            Just(Some(300)),
+            Just(Some(990)),
+            Just(Some(1000)),
+            Just(Some(0))
+        ]
+        .prop_map(Op::Refund),
+        (0u8..4, 0u8..4).prop_map(|(i, k)| Op::RefundAnswer(i, k)),
         (0u8..3).prop_map(Op::FireCurrent),
         (0u8..3).prop_map(Op::FireStale),
     ]
@@ -459,6 +474,32 @@ fn to_event(o: &Order, op: &Op) -> Event {
             },
         }),
         Op::Cancel => Event::Cancel { by: Actor::User },
+        Op::Refund(amount) => Event::RequestRefund {
+            amount_minor: *amount,
+            reason: "test".into(),
+            by: Actor::Admin,
+            transaction_id: None,
+        },
+        Op::RefundAnswer(i, k) => Event::RefundResult {
+            refund_no: o
+                .refunds
+                .get(*i as usize)
+                .map_or_else(|| "none".to_string(), |r| r.refund_no.clone()),
+            report: match k {
+                0 => RefundReport::Succeeded {
+                    provider_refund_id: Some("r".into()),
+                },
+                1 => RefundReport::Processing {
+                    provider_refund_id: None,
+                },
+                2 => RefundReport::Failed {
+                    reason: "declined".into(),
+                },
+                _ => RefundReport::Error {
+                    reason: "timeout".into(),
+                },
+            },
+        },
         Op::FireCurrent(k) => Event::Timer {
             kind: kind(*k),
             generation: o.timers.get(kind(*k)).map_or(0, |t| t.generation),
@@ -484,6 +525,8 @@ proptest! {
         let mut now = T0;
         let mut grants = 0;
         let mut refund_queued: Vec<String> = vec![];
+        let mut holds = std::collections::HashSet::new();
+        let mut settled = std::collections::HashSet::new();
         for op in &ops {
             now = now.plus_ms(7_000);
             let event = to_event(&o, op);
@@ -496,9 +539,10 @@ proptest! {
                 prop_assert!(t.next.late_payment);
                 prop_assert_ne!(before.status, OrderStatus::Refunded);
             }
-            // paid moves only through refunds (none exist yet).
-            if before.status.is_paid() {
-                prop_assert_eq!(t.next.status, before.status);
+            // paid moves only through refunds, and only forward.
+            if before.status.is_paid() && t.next.status != before.status {
+                prop_assert!(matches!(t.next.status, OrderStatus::PartiallyRefunded | OrderStatus::Refunded));
+                prop_assert!(t.next.refunded_amount_minor > before.refunded_amount_minor);
             }
             for e in &t.effects {
                 match e {
@@ -515,9 +559,32 @@ proptest! {
                     _ => {}
                 }
             }
-            // No deadline survives a non-pending order.
+            // No deadline survives a non-pending order, but the refund poll while
+            // refunds are processing.
             if t.next.status != OrderStatus::Pending {
-                prop_assert!(t.next.timers.iter().next().is_none());
+                prop_assert!(t.next.timers.iter().all(|(k, _)| k == TimerKind::RefundPoll));
+            }
+            let processing = t.next.refunds.iter().any(|r| r.state == RefundState::Processing);
+            prop_assert_eq!(t.next.timers.refund_poll.is_some(), processing);
+            // Refunds never exceed the payment, counting those in flight.
+            let committed: i64 = t.next.refunds.iter()
+                .filter(|r| r.transaction_id.is_none() && r.state != RefundState::Failed)
+                .map(|r| r.amount_minor).sum();
+            prop_assert!(committed <= t.next.amount_minor);
+            let succeeded: i64 = t.next.refunds.iter()
+                .filter(|r| r.transaction_id.is_none() && r.state == RefundState::Succeeded)
+                .map(|r| r.amount_minor).sum();
+            prop_assert_eq!(succeeded, t.next.refunded_amount_minor);
+            prop_assert_eq!(t.next.status == OrderStatus::Refunded, succeeded == t.next.amount_minor && succeeded > 0);
+            for e in &t.effects {
+                match e {
+                    Effect::HoldEntitlement { refund_no } => prop_assert!(holds.insert(refund_no.clone())),
+                    Effect::Clawback { refund_no } | Effect::ReleaseHold { refund_no } => {
+                        prop_assert!(holds.contains(refund_no));
+                        prop_assert!(settled.insert(refund_no.clone()), "a hold settled twice");
+                    }
+                    _ => {}
+                }
             }
             o = t.next;
         }

@@ -11,6 +11,7 @@ use crate::provider::Providers;
 
 pub mod actor;
 pub mod machine;
+pub mod refund;
 #[cfg(test)]
 mod machine_tests;
 pub mod supervisor;
