@@ -104,20 +104,38 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/entitlements/history", get(me::history))
         .route("/api/v1/admin/orders", get(admin::list_orders))
         .route("/api/v1/admin/orders/{order_no}", get(admin::order_detail))
-        .route("/api/v1/admin/orders/{order_no}/cancel", post(admin::cancel))
-        .route("/api/v1/admin/orders/{order_no}/complete", post(admin::complete))
+        .route(
+            "/api/v1/admin/orders/{order_no}/cancel",
+            post(admin::cancel),
+        )
+        .route(
+            "/api/v1/admin/orders/{order_no}/complete",
+            post(admin::complete),
+        )
         .route(
             "/api/v1/admin/orders/{order_no}/refunds",
             post(admin::create_refund).get(admin::list_refunds),
         )
         .route("/api/v1/admin/anomalies", get(admin::anomalies))
-        .route("/api/v1/admin/anomalies/{id}/resolve", post(admin::resolve_anomaly))
+        .route(
+            "/api/v1/admin/anomalies/{id}/resolve",
+            post(admin::resolve_anomaly),
+        )
         .route("/api/v1/admin/audit", get(admin::audit_log))
         .route("/api/v1/admin/orders/statistics", get(admin::statistics))
         .route("/api/v1/admin/packages", post(admin::create_package))
-        .route("/api/v1/admin/packages/{id}", axum::routing::put(admin::update_package))
-        .route("/api/v1/admin/users/{user_id}/membership/extend", post(admin::extend_membership))
-        .route("/api/v1/admin/users/{user_id}/points/adjust", post(admin::adjust_points))
+        .route(
+            "/api/v1/admin/packages/{id}",
+            axum::routing::put(admin::update_package),
+        )
+        .route(
+            "/api/v1/admin/users/{user_id}/membership/extend",
+            post(admin::extend_membership),
+        )
+        .route(
+            "/api/v1/admin/users/{user_id}/points/adjust",
+            post(admin::adjust_points),
+        )
         .route("/api/v1/mock/orders/{order_no}/pay", post(mock::api_pay))
         .route("/api/v1/mock/orders/{order_no}/fail", post(mock::api_fail))
         .route("/api/v1/mock/demo-token", post(mock::demo_token))

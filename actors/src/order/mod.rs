@@ -11,9 +11,9 @@ use crate::provider::Providers;
 
 pub mod actor;
 pub mod machine;
-pub mod refund;
 #[cfg(test)]
 mod machine_tests;
+pub mod refund;
 pub mod supervisor;
 
 /// Read-only dependencies shared by the supervisor and every order actor.
