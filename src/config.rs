@@ -1625,10 +1625,6 @@ fn build_payment(raw: RawPayment, p: &mut Problems) -> PaymentConfig {
     }
 }
 
-/// Refunds do not exist yet, so a late payment can only be granted. The issue
-/// that implements refunds removes this check (and nothing else needs to change
-/// here: `LatePayment::Refund` already parses).
-
 fn build_membership(raw: RawMembership, p: &mut Problems) -> MembershipConfig {
     let Some(given) = raw.tiers else {
         return MembershipConfig {

@@ -273,10 +273,13 @@ async fn apply_logged(
     let transition = step(&before, event, now, &st.deps.policy)?;
     if transition.next != before {
         let next = &transition.next;
+        let refund_states = |o: &Order| o.refunds.iter().map(|r| r.state).collect::<Vec<_>>();
         let notable = next.status != before.status
             || next.payments.len() != before.payments.len()
             || next.closing != before.closing
-            || next.trade_opened != before.trade_opened;
+            || next.trade_opened != before.trade_opened
+            || next.anomalies != before.anomalies
+            || refund_states(next) != refund_states(&before);
         let timeline = notable.then(|| TimelineEntry {
             at: now,
             from: before.status,
