@@ -3,6 +3,7 @@
 //! crate is built once and the tests run in parallel.
 
 mod bad_input;
+mod crash;
 mod entitlements;
 mod lifecycle;
 mod purchase;
