@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Jwt;
 use crate::config::{self, Config, LatePayment};
 use crate::http::{self, AppState};
+use crate::providers::alipay::{self, AlipaySetup};
 use crate::providers::mock::{MOCK_METHODS, MockProvider};
 use crate::providers::rejections::RejectionLog;
 use crate::providers::stripe::{self, StripeSetup};
@@ -182,6 +183,27 @@ impl Application {
                 Some(s)
             }
         };
+        let alipay = match alipay::setup(&config, clock.clone()) {
+            AlipaySetup::Absent => {
+                tracing::info!("Alipay is not configured");
+                None
+            }
+            AlipaySetup::Unusable(problems) => {
+                tracing::error!(problems = %problems.join("; "),
+                    "Alipay is disabled: its configuration is incomplete");
+                None
+            }
+            AlipaySetup::Ready(a) => {
+                tracing::info!(app_id = a.app_id(), "Alipay configured");
+                let methods: &[PaymentMethod] = if config.payment.mock_mode {
+                    &[]
+                } else {
+                    &[PaymentMethod::AlipayQr, PaymentMethod::AlipayPage]
+                };
+                providers.register(a.clone(), methods);
+                Some(a)
+            }
+        };
         let certificate_refresh = wechat
             .clone()
             .filter(|w| w.keys.certificate_mode())
@@ -218,6 +240,7 @@ impl Application {
             wechat,
             wechat_v2,
             stripe,
+            alipay,
             rejections: Arc::new(RejectionLog::default()),
             jwt: Arc::new(Jwt::new(&config.auth)),
             config: config.clone(),

@@ -21,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Jwt;
 use crate::config::Config;
 use crate::http::error::ApiError;
+use crate::providers::alipay::Alipay;
 use crate::providers::mock::MockProvider;
 use crate::providers::rejections::RejectionLog;
 use crate::providers::stripe::Stripe;
@@ -28,6 +29,7 @@ use crate::providers::wechat::v2::WechatV2;
 use crate::providers::wechat::v3::WechatV3;
 
 mod admin;
+mod alipay;
 pub mod error;
 pub mod extract;
 mod me;
@@ -49,6 +51,7 @@ pub struct AppState {
     pub jwt: Arc<Jwt>,
     pub mock: Option<Arc<MockProvider>>,
     pub wechat: Option<Arc<WechatV3>>,
+    pub alipay: Option<Arc<Alipay>>,
     pub wechat_v2: Option<Arc<WechatV2>>,
     pub stripe: Option<Arc<Stripe>>,
     pub rejections: Arc<RejectionLog>,
@@ -142,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notify/wechat", post(notify::wechat))
         .route("/api/v1/notify/wechat/refund", post(notify::wechat))
         .route("/api/v1/notify/stripe", post(stripe::notify))
+        .route("/api/v1/notify/alipay", post(alipay::notify))
+        .route("/payment/return", get(alipay::payment_return))
         .route("/mock/pay/{order_no}", get(mock::cashier_page))
         .route("/mock/pay/{order_no}/pay", post(mock::cashier_pay))
         .route("/mock/pay/{order_no}/fail", post(mock::cashier_fail))

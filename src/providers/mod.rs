@@ -3,6 +3,7 @@
 //! built-in mock speaks no wire protocol and serves development and tests of
 //! everything above the adapters.
 
+pub mod alipay;
 pub mod executor;
 pub mod mock;
 pub mod rejections;

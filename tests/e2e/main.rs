@@ -2,6 +2,8 @@
 //! directory and short durations, driven over real HTTP. One test binary, so the
 //! crate is built once and the tests run in parallel.
 
+mod alipay;
+mod alipay_sandbox;
 mod bad_input;
 mod crash;
 mod entitlements;
