@@ -62,10 +62,10 @@ fn start(config: &std::path::Path) -> Child {
 async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status() == StatusCode::OK {
-                return;
-            }
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == StatusCode::OK
+        {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

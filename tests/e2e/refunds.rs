@@ -38,10 +38,9 @@ async fn wait_refund(app: &TestApp, admin: &str, no: &str, refund_no: &str, stat
             .unwrap()
             .iter()
             .find(|r| r["refund_no"] == refund_no)
+            && r["status"] == status
         {
-            if r["status"] == status {
-                return r.clone();
-            }
+            return r.clone();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -483,7 +482,7 @@ async fn admin_routes_need_the_admin_role_and_are_audited() {
     // Filters and pagination.
     let (_, page) = app
         .get(
-            &format!("/api/v1/admin/orders?user_id=bert&status=paid&page_size=1"),
+            "/api/v1/admin/orders?user_id=bert&status=paid&page_size=1",
             &admin,
         )
         .await;
