@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use payd_actors::clock::{SharedClock, SystemClock};
 use payd_actors::commands;
+use payd_actors::hub::{Hub, HubConfig, HubObserver};
 use payd_actors::model::{Currency, Package, PackageKind};
-use payd_actors::order::Deps;
 use payd_actors::order::machine::{LatePaymentPolicy, Policy};
 use payd_actors::order::supervisor::{OrderSupervisor, SupervisorMsg, SupervisorStats};
+use payd_actors::order::{Deps, OrderObserver};
 use payd_actors::provider::Providers;
 use payd_actors::scheduler::{Scheduler, SchedulerArgs, SchedulerConfig, SchedulerMsg};
 use payd_actors::tables::DOMAIN_TABLES;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Jwt;
 use crate::config::{self, Config, LatePayment};
+use crate::http::ws::LiveSettings;
 use crate::http::{self, AppState};
 use crate::providers::alipay::{self, AlipaySetup};
 use crate::providers::mock::{MOCK_METHODS, MockProvider};
@@ -209,6 +211,9 @@ impl Application {
             .filter(|w| w.keys.certificate_mode())
             .map(|w| tokio::spawn(refresh_wechat_certificates(w)));
 
+        let (hub, _) = Actor::spawn(None, Hub, HubConfig::default())
+            .await
+            .context("starting the live-update hub")?;
         let deps = Arc::new(Deps {
             store: store.clone(),
             providers: providers.clone(),
@@ -218,7 +223,7 @@ impl Application {
             provider_timeout: config.providers.timeout,
             passivate_after: config.actors.passivate_after,
             restart_budget: config.actors.restart_budget,
-            observers: Vec::new(),
+            observers: vec![Arc::new(HubObserver::new(hub.clone())) as Arc<dyn OrderObserver>],
         });
         let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
             .await
@@ -242,6 +247,7 @@ impl Application {
             stripe,
             alipay,
             rejections: Arc::new(RejectionLog::default()),
+            live: Arc::new(http::ws::Live::new(hub, LiveSettings::default())),
             jwt: Arc::new(Jwt::new(&config.auth)),
             config: config.clone(),
             store,
@@ -315,6 +321,7 @@ impl Application {
             .stop_children_and_wait(None, wait)
             .await;
         let _ = self.state.supervisor.stop_and_wait(None, wait).await;
+        let _ = self.state.live.hub.stop_and_wait(None, wait).await;
         self.state.store.shutdown().await;
         tracing::info!("payd stopped");
     }

@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod commands;
+pub mod hub;
 pub mod model;
 pub mod order;
 pub mod provider;

@@ -33,12 +33,17 @@ mod alipay;
 pub mod error;
 pub mod extract;
 mod me;
+mod methods;
 mod mock;
 mod notify;
+pub mod openapi;
 mod ops;
 mod orders;
+mod page;
+mod qr;
 mod stripe;
 pub mod views;
+pub mod ws;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -55,6 +60,8 @@ pub struct AppState {
     pub wechat_v2: Option<Arc<WechatV2>>,
     pub stripe: Option<Arc<Stripe>>,
     pub rejections: Arc<RejectionLog>,
+    /// Live updates: the hub and the WebSocket tickets.
+    pub live: Arc<ws::Live>,
 }
 
 impl AppState {
@@ -150,8 +157,22 @@ pub fn router(state: AppState) -> Router {
         .route("/mock/pay/{order_no}", get(mock::cashier_page))
         .route("/mock/pay/{order_no}/pay", post(mock::cashier_pay))
         .route("/mock/pay/{order_no}/fail", post(mock::cashier_fail))
+        .route("/", get(page::index))
+        .route("/assets/app.js", get(page::app_js))
+        .route("/assets/app.css", get(page::app_css))
+        .route("/api-docs/openapi.json", get(openapi::serve))
+        .route("/api/v1/payment-methods", get(methods::payment_methods))
+        .route("/api/v1/orders/{order_no}/qr.svg", get(qr::qr_svg))
+        .route("/api/v1/ws/ticket", post(ws::issue_ticket))
+        .route("/api/v1/ws", get(ws::connect))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(span_without_query))
         .with_state(state)
+}
+
+/// The request span names the path but never the query string: a WebSocket ticket
+/// travels there, and no log may hold one.
+fn span_without_query(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
 }

@@ -5,6 +5,8 @@
 mod alipay;
 mod alipay_sandbox;
 mod bad_input;
+mod browser;
+mod buyer;
 mod crash;
 mod entitlements;
 mod lifecycle;
