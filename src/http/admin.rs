@@ -54,7 +54,13 @@ fn load_order(state: &AppState, order_no: &str) -> Result<Order, ApiError> {
         .ok_or_else(|| ApiError::not_found("no such order"))
 }
 
-async fn audit(state: &AppState, admin: &Admin, action: &str, target: &str, reason: &str) {
+pub(super) async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    target: &str,
+    reason: &str,
+) {
     let entry = AuditEntry {
         at: state.clock.now(),
         admin: admin.0.user_id.clone(),
@@ -329,31 +335,8 @@ pub(super) async fn create_refund(
             state.clock.now(),
         )
         .await?;
-        match begun {
-            IdempotencyBegin::Proceed => {}
-            IdempotencyBegin::Replay { status, body } => {
-                let mut r =
-                    (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
-                r.headers_mut()
-                    .insert("content-type", HeaderValue::from_static("application/json"));
-                r.headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                return Ok(r);
-            }
-            IdempotencyBegin::Mismatch => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request",
-                ));
-            }
-            IdempotencyBegin::InUse => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_use",
-                    "a request with this Idempotency-Key is still being processed",
-                ));
-            }
+        if !matches!(begun, IdempotencyBegin::Proceed) {
+            return super::orders::idempotent_answer(begun);
         }
     }
     let before = load_order(&state, &order_no)?.refunds.len();

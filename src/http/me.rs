@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payd_actors::commands::{self, ConsumeOutcome, Consumption};
 use serde::{Deserialize, Serialize};
@@ -66,14 +66,7 @@ pub(super) async fn consume(
     .await?;
     match outcome {
         ConsumeOutcome::Done(ent) => Ok(Json(EntitlementsView::new(&ent, now)).into_response()),
-        ConsumeOutcome::Replay(body) => {
-            let mut r = (StatusCode::OK, body).into_response();
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
-            r.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(r)
-        }
+        ConsumeOutcome::Replay(body) => Ok(super::orders::replayed(200, body)),
         ConsumeOutcome::Mismatch => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",

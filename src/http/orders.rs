@@ -111,33 +111,7 @@ pub(super) async fn create_order(
         .await?
     {
         IdempotencyBegin::Proceed => {}
-        IdempotencyBegin::Replay { status, body } => {
-            let mut response =
-                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
-            let content_type = if status >= 400 {
-                "application/problem+json"
-            } else {
-                "application/json"
-            };
-            let headers = response.headers_mut();
-            headers.insert("content-type", HeaderValue::from_static(content_type));
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(response);
-        }
-        IdempotencyBegin::Mismatch => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request",
-            ));
-        }
-        IdempotencyBegin::InUse => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is still being processed",
-            ));
-        }
+        other => return idempotent_answer(other),
     }
     let outcome = create_order_inner(&state, &user, method, &body).await;
     // Remember 2xx and 4xx answers; release the key after a server-side failure so
@@ -149,6 +123,40 @@ pub(super) async fn create_order(
     };
     commands::idempotency_finish(&state.store, user.user_id.clone(), key, remembered).await?;
     outcome.map(|(_, r)| r)
+}
+
+/// The answer to a request whose `Idempotency-Key` was seen before: the remembered
+/// response (marked `Idempotent-Replayed`), or why the key cannot be used.
+pub(super) fn idempotent_answer(begin: IdempotencyBegin) -> Result<Response, ApiError> {
+    match begin {
+        IdempotencyBegin::Replay { status, body } => Ok(replayed(status, body)),
+        IdempotencyBegin::Mismatch => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        )),
+        IdempotencyBegin::InUse => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still being processed",
+        )),
+        IdempotencyBegin::Proceed => Err(ApiError::internal("no remembered answer")),
+    }
+}
+
+/// A remembered response, sent again.
+pub(super) fn replayed(status: u16, body: String) -> Response {
+    let mut response =
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+    let content_type = if status >= 400 {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }
 
 fn request_hash(body: &CreateOrderBody, method: PaymentMethod) -> Vec<u8> {
