@@ -74,6 +74,9 @@ pub struct RefundRequest {
     pub refund_no: String,
     pub amount_minor: i64,
     pub reason: String,
+    /// `Some`: refund this provider transaction (an extra — double or late — payment)
+    /// rather than the order's own payment.
+    pub transaction_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -327,6 +327,7 @@ async fn full_and_partial_refunds_go_through_alipay_idempotently() {
         refund_no: refund_no.into(),
         amount_minor: amount,
         reason: "test".into(),
+        transaction_id: None,
     };
     let partial = alipay.refund(request("RF1", 1000)).await.unwrap();
     assert_eq!(partial.status, RefundStatus::Succeeded, "fund_change=Y");

@@ -309,6 +309,7 @@ async fn full_and_partial_refunds_go_through_stripe_idempotently() {
         refund_no: refund_no.into(),
         amount_minor: amount,
         reason: "customer asked".into(),
+        transaction_id: None,
     };
     let partial = stripe.refund(request("RF1", 1000)).await.unwrap();
     assert_eq!(partial.status, RefundStatus::Processing);

@@ -213,6 +213,7 @@ async fn full_and_partial_refunds_go_through_wechat_with_their_notifications() {
         refund_no: refund_no.into(),
         amount_minor: amount,
         reason: "test".into(),
+        transaction_id: None,
     };
     use payd_actors::provider::PaymentProvider;
     let partial = wechat.refund(request("RF1", 1000)).await.unwrap();

@@ -149,6 +149,7 @@ async fn wechat_v2_polling_close_race_refund_and_refund_notify() {
         refund_no: no.into(),
         amount_minor: amount,
         reason: "test".into(),
+        transaction_id: None,
     };
     assert_eq!(
         wechat.refund(req("V2R1", 490)).await.unwrap().status,

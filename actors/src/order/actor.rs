@@ -495,6 +495,7 @@ fn spawn_refund(myself: &ActorRef<OrderMsg>, st: &mut OrderState, refund_no: Str
         refund_no: refund_no.clone(),
         amount_minor: r.amount_minor,
         reason: r.reason.clone(),
+        transaction_id: r.transaction_id.clone(),
     };
     spawn_call(myself, st, ProviderOp::Refund, move |p| {
         Box::pin(async move {

@@ -86,6 +86,9 @@ struct TradeBiz<'a> {
 #[derive(Serialize)]
 struct RefundBiz<'a> {
     out_trade_no: &'a str,
+    /// An extra payment is refunded by its own Alipay trade number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trade_no: Option<&'a str>,
     refund_amount: String,
     out_request_no: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -644,6 +647,7 @@ impl PaymentProvider for Alipay {
             cny_only(&request.trade.currency)?;
             let biz = RefundBiz {
                 out_trade_no: &request.trade.order_no,
+                trade_no: request.transaction_id.as_deref(),
                 refund_amount: yuan(request.amount_minor)?,
                 // The idempotency key: the same refund_no on every retry.
                 out_request_no: &request.refund_no,

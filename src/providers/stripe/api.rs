@@ -604,7 +604,11 @@ impl PaymentProvider for Stripe {
 
     fn refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome> {
         Box::pin(async move {
-            let payment_intent = self.paid_intent(&request.trade).await?;
+            // An extra payment is refunded by its own PaymentIntent.
+            let payment_intent = match &request.transaction_id {
+                Some(tx) => tx.clone(),
+                None => self.paid_intent(&request.trade).await?,
+            };
             // Made before (even more than 24 h ago, when Stripe has forgotten the key)?
             if let Some(r) = self
                 .find_refund(&payment_intent, &request.refund_no)
@@ -648,7 +652,10 @@ impl PaymentProvider for Stripe {
                     .await?;
                 return refund_outcome(&parse::<Refund>(&resp, "refund")?);
             }
-            let payment_intent = self.paid_intent(&request.trade).await?;
+            let payment_intent = match &request.transaction_id {
+                Some(tx) => tx.clone(),
+                None => self.paid_intent(&request.trade).await?,
+            };
             match self
                 .find_refund(&payment_intent, &request.refund_no)
                 .await?

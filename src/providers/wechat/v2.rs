@@ -424,9 +424,18 @@ impl PaymentProvider for WechatV2 {
     fn refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome> {
         Box::pin(async move {
             let mut f = self.base_fields();
-            f.insert("out_trade_no".into(), request.trade.order_no.clone());
+            match &request.transaction_id {
+                // An extra payment is refunded by its own transaction, in full.
+                Some(tx) => {
+                    f.insert("transaction_id".into(), tx.clone());
+                    f.insert("total_fee".into(), request.amount_minor.to_string());
+                }
+                None => {
+                    f.insert("out_trade_no".into(), request.trade.order_no.clone());
+                    f.insert("total_fee".into(), request.trade.amount_minor.to_string());
+                }
+            }
             f.insert("out_refund_no".into(), request.refund_no.clone());
-            f.insert("total_fee".into(), request.trade.amount_minor.to_string());
             f.insert("refund_fee".into(), request.amount_minor.to_string());
             f.insert(
                 "refund_desc".into(),

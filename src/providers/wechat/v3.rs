@@ -620,8 +620,7 @@ impl PaymentProvider for WechatV3 {
 
     fn refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome> {
         Box::pin(async move {
-            let body = serde_json::json!({
-                "out_trade_no": request.trade.order_no,
+            let mut body = serde_json::json!({
                 "out_refund_no": request.refund_no,
                 "reason": request.reason,
                 "notify_url": self.s.refund_notify_url,
@@ -630,8 +629,16 @@ impl PaymentProvider for WechatV3 {
                     "total": request.trade.amount_minor,
                     "currency": "CNY",
                 },
-            })
-            .to_string();
+            });
+            match &request.transaction_id {
+                // An extra payment is refunded by its own transaction, in full.
+                Some(tx) => {
+                    body["transaction_id"] = serde_json::json!(tx);
+                    body["amount"]["total"] = serde_json::json!(request.amount_minor);
+                }
+                None => body["out_trade_no"] = serde_json::json!(request.trade.order_no),
+            }
+            let body = body.to_string();
             let resp = self
                 .call(
                     "refund",
