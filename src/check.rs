@@ -7,6 +7,8 @@ use std::sync::Arc;
 use payd_actors::clock::SystemClock;
 
 use crate::config::Config;
+use crate::providers::alipay::{self, AlipaySetup};
+use crate::providers::stripe::{self, StripeSetup};
 use crate::providers::wechat::{self, WechatSetup};
 
 /// One provider's verdict.
@@ -19,8 +21,8 @@ pub enum ProviderCheck {
 
 /// Every provider's verdict, in a fixed order.
 pub fn check_providers(cfg: &Config) -> Vec<(&'static str, ProviderCheck)> {
-    let clock = Arc::new(SystemClock);
-    let wechat = match wechat::setup(cfg, clock) {
+    let clock: payd_actors::clock::SharedClock = Arc::new(SystemClock);
+    let wechat = match wechat::setup(cfg, clock.clone()) {
         WechatSetup::Absent => ProviderCheck::NotConfigured,
         WechatSetup::Unusable(problems) => ProviderCheck::Unusable(problems),
         WechatSetup::V3(w) => {
@@ -50,7 +52,24 @@ pub fn check_providers(cfg: &Config) -> Vec<(&'static str, ProviderCheck)> {
             }
         )),
     };
-    vec![("wechat", wechat)]
+    let alipay = match alipay::setup(cfg, clock.clone()) {
+        AlipaySetup::Absent => ProviderCheck::NotConfigured,
+        AlipaySetup::Unusable(problems) => ProviderCheck::Unusable(problems),
+        AlipaySetup::Ready(_) => ProviderCheck::Usable(format!(
+            "app_id {}, gateway {}",
+            cfg.alipay.app_id.as_deref().unwrap_or("?"),
+            cfg.alipay.gateway
+        )),
+    };
+    let stripe = match stripe::setup(cfg, clock) {
+        StripeSetup::Absent => ProviderCheck::NotConfigured,
+        StripeSetup::Unusable(problems) => ProviderCheck::Unusable(problems),
+        StripeSetup::Ready(_) => ProviderCheck::Usable(format!(
+            "API {}, Stripe-Version {}",
+            cfg.stripe.api_base, cfg.stripe.api_version
+        )),
+    };
+    vec![("wechat", wechat), ("alipay", alipay), ("stripe", stripe)]
 }
 
 /// The report `check-config` prints, and whether every configured provider is usable.

@@ -552,3 +552,22 @@ platform_public_key_id = "{PUB_KEY_ID}"
     assert!(report.contains(PUB_KEY_ID), "{report}");
     assert!(!report.contains(APIV3_KEY));
 }
+
+#[test]
+fn check_config_reports_alipay_and_stripe_too() {
+    let text = r#"
+[auth]
+jwt_secret = "test-secret-0123456789abcdef"
+[alipay]
+app_id = "2021000000000001"
+[stripe]
+secret_key = "sk_test_123"
+"#;
+    let cfg = payd::config::load_from_str(text, &|_| None, &[]).unwrap();
+    let (report, ok) = payd::check::report(&cfg);
+    assert!(!ok, "{report}");
+    assert!(report.contains("wechat: not configured"), "{report}");
+    assert!(report.contains("alipay: UNUSABLE"), "{report}");
+    assert!(report.contains("stripe: UNUSABLE"), "{report}");
+    assert!(!report.contains("sk_test_123"), "a secret leaked: {report}");
+}
