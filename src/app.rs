@@ -30,6 +30,8 @@ use crate::providers::mock::{MOCK_METHODS, MockProvider};
 use crate::providers::rejections::RejectionLog;
 use crate::providers::stripe::{self, StripeSetup};
 use crate::providers::wechat::{self, WechatSetup};
+use crate::retention;
+use crate::webhooks::{self, WebhookSettings};
 use payd_actors::model::PaymentMethod;
 
 pub struct Application {
@@ -63,6 +65,14 @@ pub fn package_from_seed(seed: &config::PackageSeed) -> anyhow::Result<Package> 
     })
 }
 
+/// Every table payd keeps: the domain's and the mock provider's. Backups cover
+/// exactly these.
+pub fn store_tables() -> Vec<&'static str> {
+    let mut tables: Vec<&'static str> = DOMAIN_TABLES.to_vec();
+    tables.push(crate::providers::mock::MOCK_TRADES.name());
+    tables
+}
+
 fn policy(cfg: &Config) -> Policy {
     Policy {
         query_interval_ms: cfg.payment.query_interval.as_millis() as i64,
@@ -86,9 +96,7 @@ impl Application {
         clock: SharedClock,
     ) -> anyhow::Result<Application> {
         let config = Arc::new(config);
-        let mut tables: Vec<&'static str> = DOMAIN_TABLES.to_vec();
-        tables.push(crate::providers::mock::MOCK_TRADES.name());
-        let mut opts = StoreOptions::new(&config.storage.path, tables);
+        let mut opts = StoreOptions::new(&config.storage.path, store_tables());
         opts.cache_size_bytes = config.storage.cache_size_bytes;
         opts.max_journal_size_bytes = config.storage.max_journal_size_bytes;
         let store = Store::open(opts)
@@ -214,7 +222,9 @@ impl Application {
         let (hub, _) = Actor::spawn(None, Hub, HubConfig::default())
             .await
             .context("starting the live-update hub")?;
-        let deps = Arc::new(Deps {
+        let webhook_settings = WebhookSettings::from_config(&config.webhooks);
+        let webhook_nudge = Arc::new(tokio::sync::Notify::new());
+        let mut deps = Deps {
             store: store.clone(),
             providers: providers.clone(),
             clock: clock.clone(),
@@ -223,8 +233,14 @@ impl Application {
             provider_timeout: config.providers.timeout,
             passivate_after: config.actors.passivate_after,
             restart_budget: config.actors.restart_budget,
+            webhooks: webhook_settings.is_some(),
             observers: vec![Arc::new(HubObserver::new(hub.clone())) as Arc<dyn OrderObserver>],
-        });
+        };
+        if webhook_settings.is_some() {
+            deps.observers
+                .push(Arc::new(webhooks::Nudge(webhook_nudge.clone())));
+        }
+        let deps = Arc::new(deps);
         let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
             .await
             .context("starting the order supervisor")?;
@@ -240,6 +256,22 @@ impl Application {
         )
         .await
         .context("starting the scheduler")?;
+
+        let mut background: Vec<JoinHandle<()>> = certificate_refresh.into_iter().collect();
+        background.push(retention::spawn(
+            store.clone(),
+            clock.clone(),
+            config.retention.clone(),
+        ));
+        match webhook_settings {
+            Some(settings) => background.push(webhooks::spawn(
+                store.clone(),
+                clock.clone(),
+                settings,
+                webhook_nudge,
+            )),
+            None => tracing::info!("webhooks.url is not set: no events for the host application"),
+        }
 
         let state = AppState {
             wechat,
@@ -280,7 +312,7 @@ impl Application {
             scheduler,
             shutdown: Some(tx),
             server,
-            background: certificate_refresh.into_iter().collect(),
+            background,
         })
     }
 

@@ -82,6 +82,10 @@ const DEFAULT_WEBHOOK_RETRY: &[Duration] = &[
     Duration::from_secs(12 * 60 * 60),
     Duration::from_secs(24 * 60 * 60),
 ];
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_RETENTION_IDEMPOTENCY_KEYS: Duration = Duration::from_secs(24 * 60 * 60);
+const DEFAULT_RETENTION_WEBHOOKS: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const MIN_JWT_SECRET_BYTES: usize = 16;
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
@@ -110,6 +114,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub reconciliation: ReconciliationConfig,
     pub webhooks: WebhooksConfig,
+    pub retention: RetentionConfig,
     pub packages: Vec<PackageSeed>,
 }
 
@@ -270,6 +275,21 @@ pub struct WebhooksConfig {
     pub secret: Option<Secret>,
     /// Delays between delivery attempts.
     pub retry: Vec<Duration>,
+    /// One delivery attempt, connection included.
+    pub timeout: Duration,
+}
+
+/// What payd deletes on a schedule, and when.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// How often the pruner runs.
+    pub interval: Duration,
+    /// `Idempotency-Key` records older than this are deleted. Below 24 h it shortens
+    /// the window in which a repeated request is answered with the first response.
+    pub idempotency_keys: Duration,
+    /// Delivered webhook events are deleted this long after delivery (pending and
+    /// dead events are kept).
+    pub webhooks: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1138,6 +1158,7 @@ struct RawConfig {
     notify: RawNotify,
     reconciliation: RawReconciliation,
     webhooks: RawWebhooks,
+    retention: RawRetention,
     /// With each entry's position in the file, for error messages.
     packages: Vec<(usize, RawPackage)>,
 }
@@ -1290,6 +1311,15 @@ struct RawWebhooks {
     secret: Option<Text>,
     secret_path: Option<Text>,
     retry: Option<TextList>,
+    timeout: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRetention {
+    interval: Option<Text>,
+    idempotency_keys: Option<Text>,
+    webhooks: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1311,7 +1341,8 @@ struct RawPackage {
 }
 
 const SECTIONS: &str = "server, storage, actors, auth, payment, membership, providers, \
-    rate_limit, monitor, wechat, alipay, stripe, notify, reconciliation, webhooks, packages";
+    rate_limit, monitor, wechat, alipay, stripe, notify, reconciliation, webhooks, retention, \
+    packages";
 
 impl RawConfig {
     /// Deserializes section by section, so one bad section does not hide the
@@ -1335,6 +1366,7 @@ impl RawConfig {
                 "notify" => raw.notify = section(p, &name, value),
                 "reconciliation" => raw.reconciliation = section(p, &name, value),
                 "webhooks" => raw.webhooks = section(p, &name, value),
+                "retention" => raw.retention = section(p, &name, value),
                 "packages" => raw.packages = raw_packages(p, value),
                 _ => p.push(
                     &name,
@@ -1425,6 +1457,7 @@ fn build(raw: RawConfig, p: &mut Problems) -> Config {
     let notify = build_notify(raw.notify, p);
     let reconciliation = build_reconciliation(raw.reconciliation, p);
     let webhooks = build_webhooks(raw.webhooks, p);
+    let retention = build_retention(raw.retention, p);
     let packages = build_packages(raw.packages, &membership.tiers, p);
     Config {
         server,
@@ -1442,6 +1475,7 @@ fn build(raw: RawConfig, p: &mut Problems) -> Config {
         notify,
         reconciliation,
         webhooks,
+        retention,
         packages,
     }
 }
@@ -1908,7 +1942,51 @@ fn build_webhooks(raw: RawWebhooks, p: &mut Problems) -> WebhooksConfig {
             })
             .collect(),
     };
-    WebhooksConfig { url, secret, retry }
+    if url.is_some() && secret.is_none() {
+        p.push(
+            "webhooks.secret",
+            "is required when webhooks.url is set: every event is signed with it",
+        );
+    }
+    let timeout = duration(
+        p,
+        "webhooks.timeout",
+        raw.timeout,
+        DEFAULT_WEBHOOK_TIMEOUT,
+        ONE_SECOND,
+    );
+    WebhooksConfig {
+        url,
+        secret,
+        retry,
+        timeout,
+    }
+}
+
+fn build_retention(raw: RawRetention, p: &mut Problems) -> RetentionConfig {
+    RetentionConfig {
+        interval: duration(
+            p,
+            "retention.interval",
+            raw.interval,
+            DEFAULT_RETENTION_INTERVAL,
+            ONE_SECOND,
+        ),
+        idempotency_keys: duration(
+            p,
+            "retention.idempotency_keys",
+            raw.idempotency_keys,
+            DEFAULT_RETENTION_IDEMPOTENCY_KEYS,
+            ONE_SECOND,
+        ),
+        webhooks: duration(
+            p,
+            "retention.webhooks",
+            raw.webhooks,
+            DEFAULT_RETENTION_WEBHOOKS,
+            ONE_SECOND,
+        ),
+    }
 }
 
 fn build_packages(
@@ -2558,6 +2636,10 @@ mod tests {
         assert_eq!(c.webhooks.retry.len(), 9);
         assert_eq!(c.webhooks.retry[0], Duration::from_secs(15));
         assert_eq!(c.webhooks.retry[8], Duration::from_secs(24 * 3600));
+        assert_eq!(c.webhooks.timeout, Duration::from_secs(10));
+        assert_eq!(c.retention.interval, Duration::from_secs(3600));
+        assert_eq!(c.retention.idempotency_keys, Duration::from_secs(24 * 3600));
+        assert_eq!(c.retention.webhooks, Duration::from_secs(7 * 24 * 3600));
         assert!(c.packages.is_empty());
     }
 

@@ -5,8 +5,11 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod check;
 pub mod config;
 pub mod http;
 pub mod order_no;
 pub mod providers;
+pub mod retention;
+pub mod webhooks;

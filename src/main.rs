@@ -1,4 +1,5 @@
-//! The `payd` command: `serve` runs the engine, `token` mints a JWT for trying the API.
+//! The `payd` command: `serve` runs the engine, `token` mints a JWT for trying the API,
+//! `backup` and `restore` copy the database out and back (see `payd::backup`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,9 @@ use payd::config;
 const USAGE: &str = "usage:
   payd serve [--config FILE]
   payd check-config [--config FILE]
-  payd token --user ID [--admin] [--ttl 1h] [--config FILE]";
+  payd token --user ID [--admin] [--ttl 1h] [--config FILE]
+  payd backup DEST [--url http://127.0.0.1:3007] [--config FILE]
+  payd restore SRC [--force] [--config FILE]";
 
 struct Args {
     command: String,
@@ -18,6 +21,10 @@ struct Args {
     user: Option<String>,
     admin: bool,
     ttl: std::time::Duration,
+    /// `backup DEST`, `restore SRC`.
+    path: Option<PathBuf>,
+    force: bool,
+    url: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -29,6 +36,9 @@ fn parse_args() -> Result<Args, String> {
         user: None,
         admin: false,
         ttl: std::time::Duration::from_secs(3600),
+        path: None,
+        force: false,
+        url: None,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -41,7 +51,12 @@ fn parse_args() -> Result<Args, String> {
                 args.ttl =
                     humantime::parse_duration(&v).map_err(|e| format!("--ttl {v:?}: {e}"))?;
             }
+            "--force" => args.force = true,
+            "--url" => args.url = Some(value("--url")?),
             "-h" | "--help" => return Err(USAGE.to_string()),
+            path if !path.starts_with('-') && args.path.is_none() => {
+                args.path = Some(PathBuf::from(path));
+            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -88,6 +103,39 @@ fn main() -> ExitCode {
                 Jwt::new(&cfg.auth).mint(&user, args.admin, now, args.ttl.as_secs())
             );
             ExitCode::SUCCESS
+        }
+        "backup" | "restore" => {
+            let Some(path) = args.path else {
+                eprintln!("payd {}: a path is required\n{USAGE}", args.command);
+                return ExitCode::from(2);
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("payd: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let done = runtime.block_on(async {
+                if args.command == "backup" {
+                    payd::backup::backup_command(&cfg, &path, args.url).await
+                } else {
+                    payd::backup::restore_command(&cfg, &path, args.force).await
+                }
+            });
+            match done {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("payd {}: {e}", args.command);
+                    ExitCode::from(1)
+                }
+            }
         }
         other => {
             eprintln!("unknown command {other:?}\n{USAGE}");

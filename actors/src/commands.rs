@@ -58,9 +58,21 @@ pub async fn seed_packages(store: &Store, packages: Vec<Package>) -> Result<usiz
 
 /// Stores a new order with its index entries, deadlines and first timeline entry.
 pub async fn create_order(store: &Store, order: Order) -> Result<Order, CommandError> {
+    create_order_priced(store, order, None).await
+}
+
+/// Like `create_order`, with the pricing of an upgrade order stored beside it.
+pub async fn create_order_priced(
+    store: &Store,
+    order: Order,
+    upgrade: Option<crate::model::UpgradePricing>,
+) -> Result<Order, CommandError> {
     run(store, move |ctx| {
         if ctx.get(&ORDERS, &order.order_no)?.is_some() {
             return Err(CommandError::AlreadyExists);
+        }
+        if let Some(u) = &upgrade {
+            ctx.put(&UPGRADES, &order.order_no, u);
         }
         ctx.put(&ORDERS, &order.order_no, &order);
         ctx.put(
@@ -167,7 +179,16 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
         if grant && !stored.granted && next.granted {
             let mut ent = ctx.get(&ENTITLEMENTS, &next.user_id)?.unwrap_or_default();
             let now = next.updated_at;
-            let entry = grant_package(&mut ent, &next.package, &tiers, now, &next.order_no);
+            let upgrade = ctx.get(&UPGRADES, &next.order_no)?;
+            let entry = grant_package(
+                &mut ent,
+                &next.package,
+                &tiers,
+                now,
+                &next.order_no,
+                (next.amount_minor, &next.currency),
+                upgrade.as_ref(),
+            );
             ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
             ent.history_len += 1;
             ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
@@ -219,12 +240,15 @@ fn tier_rank(tiers: &[String], t: &str) -> usize {
 /// one keeps the higher tier); the expiry extends from max(now, current expiry) by the
 /// package's validity; its queries are added — unless the current membership has
 /// lapsed, whose queries lapsed with it. Points: paid and bonus points kept apart.
+#[allow(clippy::too_many_arguments)]
 pub fn grant_package(
     ent: &mut Entitlements,
     package: &PackageSnapshot,
     tiers: &[String],
     now: Timestamp,
     order_no: &str,
+    paid: (i64, &crate::model::Currency),
+    upgrade: Option<&crate::model::UpgradePricing>,
 ) -> HistoryEntry {
     let mut entry = HistoryEntry {
         at: now,
@@ -242,13 +266,20 @@ pub fn grant_package(
             let new_type = package.membership_type.clone().unwrap_or_default();
             let days = i64::from(package.validity_days.unwrap_or(0));
             let queries = u64::from(package.queries_count.unwrap_or(0));
-            let next = match ent.active_membership(now) {
-                None => Membership {
-                    membership_type: new_type,
-                    expires_at: now.plus_ms(days * DAY_MS),
-                    queries_remaining: queries,
-                },
-                Some(cur) => {
+            let fresh = |membership_type: String, value_minor: i64| Membership {
+                membership_type,
+                expires_at: now.plus_ms(days * DAY_MS),
+                queries_remaining: queries,
+                started_at: now,
+                value_minor,
+                currency: Some(paid.1.clone()),
+            };
+            let next = match (ent.active_membership(now), upgrade) {
+                // An upgrade replaces the current membership from payment time; the
+                // new run is worth the target's list price (credit + payment).
+                (_, Some(u)) => fresh(new_type, u.list_price_minor),
+                (None, None) => fresh(new_type, paid.0),
+                (Some(cur), None) => {
                     let membership_type =
                         if tier_rank(tiers, &new_type) > tier_rank(tiers, &cur.membership_type) {
                             new_type
@@ -259,6 +290,9 @@ pub fn grant_package(
                         membership_type,
                         expires_at: cur.expires_at.max(now).plus_ms(days * DAY_MS),
                         queries_remaining: cur.queries_remaining.saturating_add(queries),
+                        started_at: cur.started_at,
+                        value_minor: cur.value_minor.saturating_add(paid.0),
+                        currency: cur.currency.clone().or(Some(paid.1.clone())),
                     }
                 }
             };
@@ -717,6 +751,7 @@ pub async fn extend_membership(
             // A lapsed membership restarts now; its queries lapsed with it.
             m.expires_at = now;
             m.queries_remaining = 0;
+            m.started_at = now;
         }
         m.expires_at = m.expires_at.plus_ms(i64::from(days) * DAY_MS);
         let entry = HistoryEntry {

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod hub;
 pub mod model;
 pub mod order;
+pub mod outbox;
 pub mod provider;
 pub mod scheduler;
 pub mod tables;

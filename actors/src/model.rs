@@ -477,6 +477,27 @@ pub struct Membership {
     pub membership_type: String,
     pub expires_at: Timestamp,
     pub queries_remaining: u64,
+    /// When the current run of membership began, and what was paid into it (list
+    /// value, minor units): an upgrade credits the unused, prorated share of it.
+    pub started_at: Timestamp,
+    pub value_minor: i64,
+    pub currency: Option<Currency>,
+}
+
+/// How an upgrade order's price was computed: the target's list price minus the
+/// unused, prorated value of the membership it replaces, never below the minimum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradePricing {
+    pub from_type: String,
+    pub list_price_minor: i64,
+    pub credit_minor: i64,
+    pub price_minor: i64,
+    /// The minimum upgrade price applied (the credit was larger than allowed).
+    pub minimum_applied: bool,
+}
+
+impl payd_storage::Record for UpgradePricing {
+    const SCHEMA: u8 = 1;
 }
 
 /// What a user holds. Paid and bonus points are kept apart (bonus is spent first and

@@ -63,8 +63,11 @@ pub const NOTIFICATIONS: Table<(String, String), NotificationRecord> = Table::ne
 /// (at ms, sequence within the ms): the admin audit log, in time order.
 pub const AUDIT: Table<(i64, u64), crate::model::AuditEntry> = Table::new("audit");
 
+/// order number → how an upgrade order was priced (written with the order).
+pub const UPGRADES: Table<String, crate::model::UpgradePricing> = Table::new("upgrades");
+
 /// Every table of the domain, for `StoreOptions::tables`.
-pub const DOMAIN_TABLES: [&str; 10] = [
+pub const DOMAIN_TABLES: [&str; 11] = [
     "packages",
     "orders",
     "user_orders",
@@ -75,4 +78,5 @@ pub const DOMAIN_TABLES: [&str; 10] = [
     "idempotency",
     "notifications",
     "audit",
+    "upgrades",
 ];

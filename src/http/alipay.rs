@@ -62,7 +62,10 @@ fn reject(state: &AppState, reason: RejectReason, peer: &SocketAddr) -> Response
 
 /// What a verified notify asks of the order: a confirmation, or nothing (it is
 /// logged and acknowledged).
-fn event_for(n: &AlipayNotification, state: &AppState) -> Result<Option<Event>, RejectReason> {
+pub(super) fn event_for(
+    n: &AlipayNotification,
+    state: &AppState,
+) -> Result<Option<Event>, RejectReason> {
     Ok(match n.trade_status() {
         // A partial refund re-sends TRADE_SUCCESS with refund_fee: it confirms no new
         // payment. Refund records come with the refunds work; until then it is logged.

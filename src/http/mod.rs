@@ -29,6 +29,7 @@ use crate::providers::wechat::v2::WechatV2;
 use crate::providers::wechat::v3::WechatV3;
 
 mod admin;
+mod admin_ops;
 mod alipay;
 pub mod error;
 pub mod extract;
@@ -110,6 +111,24 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/orders/{order_no}/qr", post(orders::refresh_qr))
         .route("/api/v1/me/entitlements", get(orders::entitlements))
+        .route("/api/v1/admin/webhooks", get(admin_ops::list_webhooks))
+        .route(
+            "/api/v1/admin/webhooks/{id}/resend",
+            post(admin_ops::resend_webhook),
+        )
+        .route("/api/v1/admin/backup", post(admin_ops::backup))
+        .route(
+            "/api/v1/admin/notifications",
+            get(admin_ops::list_notifications),
+        )
+        .route(
+            "/api/v1/admin/notifications/statistics",
+            get(admin_ops::notification_statistics),
+        )
+        .route(
+            "/api/v1/admin/notifications/{id}/retry",
+            post(admin_ops::retry_notification),
+        )
         .route("/api/v1/me/entitlements/consume", post(me::consume))
         .route("/api/v1/me/entitlements/history", get(me::history))
         .route("/api/v1/admin/orders", get(admin::list_orders))

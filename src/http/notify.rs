@@ -194,7 +194,7 @@ pub(super) async fn wechat(
     let verified = if v2 {
         verify_wechat_v2(&state, &raw)
     } else {
-        verify_wechat_v3(&state, &headers, &raw).await
+        verify_wechat_v3(&state, &headers, &raw, None).await
     };
     match verified {
         Ok(v) => reply(apply_verified(&state, &peer, &raw, v).await),
@@ -202,10 +202,13 @@ pub(super) async fn wechat(
     }
 }
 
-async fn verify_wechat_v3(
+/// Verifies a v3 callback now, or — for a logged one being re-processed —
+/// as of `received_at` (see `WechatV3::verify_logged_callback`).
+pub(super) async fn verify_wechat_v3(
     state: &AppState,
     headers: &HeaderMap,
-    raw: &Bytes,
+    raw: &[u8],
+    received_at: Option<payd_actors::model::Timestamp>,
 ) -> Result<Verified, RejectReason> {
     let wechat = state.wechat.clone().ok_or(RejectReason::Malformed)?;
     let header = |name: &str| {
@@ -218,7 +221,11 @@ async fn verify_wechat_v3(
         .iter()
         .filter_map(|h| header(h).map(|v| (h.to_string(), v)))
         .collect();
-    match wechat.verify_callback(header, raw).await? {
+    let notification = match received_at {
+        None => wechat.verify_callback(header, raw).await?,
+        Some(at) => wechat.verify_logged_callback(header, raw, at).await?,
+    };
+    match notification {
         V3Notification::Payment {
             event_id,
             transaction,
@@ -253,7 +260,8 @@ async fn verify_wechat_v3(
     }
 }
 
-fn verify_wechat_v2(state: &AppState, raw: &Bytes) -> Result<Verified, RejectReason> {
+/// v2 notifications carry no timestamp: a logged one verifies as it did then.
+pub(super) fn verify_wechat_v2(state: &AppState, raw: &[u8]) -> Result<Verified, RejectReason> {
     let wechat = state.wechat_v2.clone().ok_or(RejectReason::Malformed)?;
     match wechat.verify_notify(raw)? {
         V2Notification::Payment {

@@ -88,11 +88,6 @@ pub(super) async fn create_order(
             body.payment_method
         ))
     })?;
-    if body.is_upgrade == Some(true) {
-        return Err(ApiError::validation(
-            "membership upgrades are not available yet",
-        ));
-    }
     if let Some(ip) = &body.client_ip
         && ip.parse::<std::net::IpAddr>().is_err()
     {
@@ -242,8 +237,16 @@ async fn create_order_inner(
     if package.amount_minor <= 0 {
         return Err(ApiError::validation("the package has no positive price"));
     }
-
     let now = state.clock.now();
+    let upgrade = if body.is_upgrade == Some(true) {
+        Some(upgrade_pricing(state, &user.user_id, &package, now)?)
+    } else {
+        None
+    };
+    let amount_minor = upgrade
+        .as_ref()
+        .map_or(package.amount_minor, |u| u.price_minor);
+
     let expire_at = now.plus_ms(cfg.payment.order_expire.as_millis() as i64);
     let mut timers = Timers::default();
     let first_poll = now.plus_ms(cfg.payment.query_interval.as_millis() as i64);
@@ -262,7 +265,7 @@ async fn create_order_inner(
         user_id: user.user_id.clone(),
         package_id: package.id.clone(),
         package: PackageSnapshot::from(&package),
-        amount_minor: package.amount_minor,
+        amount_minor,
         currency: package.currency.clone(),
         payment_method: method,
         provider,
@@ -294,17 +297,82 @@ async fn create_order_inner(
         retry_count: 0,
         version: 0,
     };
-    let order = commands::create_order(&state.store, order).await?;
+    let order = commands::create_order_priced(&state.store, order, upgrade.clone()).await?;
     tracing::info!(order_no = %order.order_no, user_id = %order.user_id, package_id = %order.package_id,
         method = method.as_str(), amount_minor = order.amount_minor, "order created");
     let opened = state.ask(&order.order_no, OrderCommand::OpenTrade).await?;
-    let json = serde_json::to_string(&OrderView::from(&opened))
+    let json = serde_json::to_string(&OrderView::from(&opened).with_upgrade(upgrade.as_ref()))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut response = (StatusCode::CREATED, json.clone()).into_response();
     response
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
     Ok((json, response))
+}
+
+/// Prices an upgrade to `target`: its list price minus the unused, prorated value of
+/// the buyer's current membership, never below `payment.upgrade_min_amount`.
+fn upgrade_pricing(
+    state: &AppState,
+    user_id: &str,
+    target: &payd_actors::model::Package,
+    now: payd_actors::model::Timestamp,
+) -> Result<payd_actors::model::UpgradePricing, ApiError> {
+    if target.kind != payd_actors::model::PackageKind::Membership {
+        return Err(ApiError::validation(
+            "is_upgrade applies to membership packages only",
+        ));
+    }
+    let ent = state
+        .store
+        .read()?
+        .get(&payd_actors::tables::ENTITLEMENTS, &user_id.to_string())?
+        .unwrap_or_default();
+    let cur = ent.active_membership(now).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_membership_to_upgrade",
+            "there is no active membership to upgrade; buy the package without is_upgrade",
+        )
+    })?;
+    let tiers = &state.config.membership.tiers;
+    let rank = |t: &str| tiers.iter().position(|x| x == t);
+    if rank(target.membership_type.as_deref().unwrap_or("")) <= rank(&cur.membership_type) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_an_upgrade",
+            format!(
+                "{} is not a higher tier than {}",
+                target.id, cur.membership_type
+            ),
+        ));
+    }
+    if cur.currency.as_ref().is_some_and(|c| c != &target.currency) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "currency_not_supported",
+            "an upgrade is priced in the currency of the current membership",
+        ));
+    }
+    let total_ms = (cur.expires_at.ms() - cur.started_at.ms()).max(1);
+    let left_ms = (cur.expires_at.ms() - now.ms()).clamp(0, total_ms);
+    let credit = (i128::from(cur.value_minor) * i128::from(left_ms) / i128::from(total_ms)) as i64;
+    let minimum = state
+        .config
+        .payment
+        .upgrade_min_amount
+        .get(target.currency.as_str())
+        .copied()
+        .unwrap_or(1)
+        .max(1);
+    let raw = target.amount_minor - credit;
+    Ok(payd_actors::model::UpgradePricing {
+        from_type: cur.membership_type,
+        list_price_minor: target.amount_minor,
+        credit_minor: credit.max(0),
+        price_minor: raw.max(minimum),
+        minimum_applied: raw < minimum,
+    })
 }
 
 /// Loads an order the caller owns; anybody else's is "not found" (no enumeration).
@@ -325,7 +393,11 @@ pub(super) async fn get_order(
     Path(order_no): Path<String>,
 ) -> Result<Response, ApiError> {
     let order = owned_order(&state, &user, &order_no)?;
-    Ok(Json(OrderView::from(&order)).into_response())
+    let upgrade = state
+        .store
+        .read()?
+        .get(&payd_actors::tables::UPGRADES, &order.order_no)?;
+    Ok(Json(OrderView::from(&order).with_upgrade(upgrade.as_ref())).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -116,6 +116,24 @@ pub struct OrderView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     pub late_payment: bool,
+    /// How an upgrade order's price was computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<serde_json::Value>,
+}
+
+impl OrderView {
+    pub fn with_upgrade(mut self, u: Option<&payd_actors::model::UpgradePricing>) -> Self {
+        self.upgrade = u.map(|u| {
+            serde_json::json!({
+                "from_type": u.from_type,
+                "list_price": u.list_price_minor,
+                "credit": u.credit_minor,
+                "price": u.price_minor,
+                "minimum_applied": u.minimum_applied,
+            })
+        });
+        self
+    }
 }
 
 impl From<&Order> for OrderView {
@@ -141,6 +159,7 @@ impl From<&Order> for OrderView {
             refunded_amount: o.refunded_amount_minor,
             failure_reason: o.failure_reason.clone(),
             late_payment: o.late_payment,
+            upgrade: None,
         }
     }
 }

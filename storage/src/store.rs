@@ -302,6 +302,12 @@ impl WriteCtx<'_> {
         self.stage(table.name, key.to_bytes(), None);
     }
 
+    /// Writes an entry exactly as [`ReadView::raw_entries`] returned it, with no
+    /// envelope added: for restoring an export into a fresh database.
+    pub fn put_raw(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.stage(table, key, Some(value));
+    }
+
     /// Keys and values whose key starts with the encoding of `prefix`, in key order.
     /// Writes staged by the running command are not visible here.
     pub fn scan_prefix<K: Key, V: Record, P: Key>(

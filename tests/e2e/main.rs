@@ -4,9 +4,11 @@
 
 mod alipay;
 mod alipay_sandbox;
+mod backup;
 mod bad_input;
 mod browser;
 mod buyer;
+mod callback_log;
 mod crash;
 mod entitlements;
 mod lifecycle;
@@ -16,6 +18,7 @@ mod refunds;
 mod stripe;
 mod stripe_sandbox;
 mod support;
+mod webhooks;
 mod wechat;
 mod wechat_sandbox;
 mod wechat_v2;

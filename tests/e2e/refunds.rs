@@ -664,3 +664,67 @@ async fn operators_manage_packages_entitlements_and_read_statistics() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_priced_by_the_unused_membership_and_replaces_it() {
+    let app = TestApp::spawn().await;
+    let u = app.token("dora");
+    let (status, body) = app
+        .post(
+            "/api/v1/orders",
+            &u,
+            Some(json!({"package_id": "premium", "payment_method": "mock", "is_upgrade": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("no_membership_to_upgrade")
+        )
+    );
+    let basic = paid_order(&app, &u, "basic").await;
+    let _ = basic;
+    for (package, code) in [
+        ("basic", "not_an_upgrade"),
+        ("coins_100", "validation_failed"),
+    ] {
+        let (status, body) = app
+            .post(
+                "/api/v1/orders",
+                &u,
+                Some(json!({"package_id": package, "payment_method": "mock", "is_upgrade": true})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(code)),
+            "{package}"
+        );
+    }
+    let (status, order) = app
+        .post(
+            "/api/v1/orders",
+            &u,
+            Some(json!({"package_id": "premium", "payment_method": "mock", "is_upgrade": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    // Almost all of the 30-day basic membership (9.90) is unused: ~9.90 of credit.
+    let credit = order["upgrade"]["credit"].as_i64().unwrap();
+    assert!((985..=990).contains(&credit), "{order}");
+    assert_eq!(order["upgrade"]["list_price"], 2990);
+    assert_eq!(order["upgrade"]["from_type"], "pro");
+    assert_eq!(order["amount"].as_i64().unwrap(), 2990 - credit);
+    let no = order_no(&order);
+    let (_, shown) = app.get(&format!("/api/v1/orders/{no}"), &u).await;
+    assert_eq!(shown["upgrade"], order["upgrade"]);
+    app.pay(&u, &no, "").await;
+    let ent = app.entitlements(&u).await;
+    assert_eq!(ent["membership"]["type"], "premium");
+    assert_eq!(
+        ent["membership"]["queries_remaining"], 500,
+        "replaced, not added: {ent}"
+    );
+    app.stop().await;
+}

@@ -152,6 +152,12 @@ impl TestApp {
         Self::start(text, Arc::new(tempfile::tempdir().unwrap())).await
     }
 
+    /// The base config with `extra` appended, on an existing data directory (a
+    /// restored backup, say).
+    pub(crate) async fn spawn_in(dir: Arc<tempfile::TempDir>, extra: &str) -> TestApp {
+        Self::start(format!("{BASE_CONFIG}\n{extra}"), dir).await
+    }
+
     async fn start(config_text: String, dir: Arc<tempfile::TempDir>) -> TestApp {
         let cfg = load(&config_text, dir.path());
         let jwt = Jwt::new(&cfg.auth);

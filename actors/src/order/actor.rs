@@ -305,6 +305,7 @@ async fn apply_logged(
             grant: transition.effects.contains(&Effect::Grant),
             timeline,
             tiers: st.deps.tiers.clone(),
+            outbox: st.deps.webhooks,
             notification: notification.take().map(|mut n| {
                 n.result = "processed".into();
                 n

@@ -29,6 +29,8 @@ pub struct Deps {
     pub restart_budget: u32,
     /// Told about every durable transition (live pushes, monitor, webhooks).
     pub observers: Vec<Arc<dyn OrderObserver>>,
+    /// Write outbound webhook events with each transition (`webhooks.url` is set).
+    pub webhooks: bool,
 }
 
 /// Hears about an order's transitions *after* they are durable — never before, so a

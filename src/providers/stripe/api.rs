@@ -391,13 +391,29 @@ impl Stripe {
         signature: Option<&str>,
         body: &[u8],
     ) -> Result<WebhookEvent, RejectReason> {
-        webhook::verify(
-            signature,
-            body,
-            &[self.s.webhook_secret.expose()],
-            self.now_secs(),
-        )
-        .map_err(|e| e.reason())?;
+        self.verify_event_at(signature, body, self.now_secs())
+    }
+
+    /// Verifies an event from the callback log again, as of the moment it was
+    /// received: the signature, secret and mode are checked; only the tolerance
+    /// window is measured from `received_at`, since it was passed then.
+    pub fn verify_logged_event(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        received_at: payd_actors::model::Timestamp,
+    ) -> Result<WebhookEvent, RejectReason> {
+        self.verify_event_at(signature, body, received_at.ms().div_euclid(1000))
+    }
+
+    fn verify_event_at(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now_secs: i64,
+    ) -> Result<WebhookEvent, RejectReason> {
+        webhook::verify(signature, body, &[self.s.webhook_secret.expose()], now_secs)
+            .map_err(|e| e.reason())?;
         let event = webhook::parse_event(body)?;
         if event.livemode == self.test_mode() {
             return Err(RejectReason::WrongMerchant);

@@ -241,13 +241,26 @@ impl WechatV3 {
         serial: Option<&str>,
         body: &[u8],
     ) -> Result<(), RejectReason> {
+        self.verify_signed_at(timestamp, nonce, signature, serial, body, self.now_unix())
+            .await
+    }
+
+    /// [`Self::verify_signed`] as of `now` (unix seconds) instead of the clock.
+    async fn verify_signed_at(
+        &self,
+        timestamp: Option<&str>,
+        nonce: Option<&str>,
+        signature: Option<&str>,
+        serial: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), RejectReason> {
         let (Some(timestamp), Some(nonce), Some(signature), Some(serial)) =
             (timestamp, nonce, signature, serial)
         else {
             return Err(RejectReason::MissingSignature);
         };
         let ts: i64 = timestamp.parse().map_err(|_| RejectReason::Malformed)?;
-        let now = self.now_unix();
         if (now - ts).abs() >= MAX_SKEW_SECS {
             return Err(RejectReason::Stale);
         }
@@ -372,12 +385,35 @@ impl WechatV3 {
         header: impl Fn(&str) -> Option<String>,
         body: &[u8],
     ) -> Result<V3Notification, RejectReason> {
-        self.verify_signed(
+        self.verify_callback_at(header, body, self.now_unix()).await
+    }
+
+    /// Verifies a callback from the callback log again, as of the moment it was
+    /// received: everything is checked (signature, key, decryption, merchant) except
+    /// that "now" is `received_at`, since the freshness window was passed then.
+    pub async fn verify_logged_callback(
+        &self,
+        header: impl Fn(&str) -> Option<String>,
+        body: &[u8],
+        received_at: payd_actors::model::Timestamp,
+    ) -> Result<V3Notification, RejectReason> {
+        self.verify_callback_at(header, body, received_at.ms().div_euclid(1000))
+            .await
+    }
+
+    async fn verify_callback_at(
+        &self,
+        header: impl Fn(&str) -> Option<String>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<V3Notification, RejectReason> {
+        self.verify_signed_at(
             header("wechatpay-timestamp").as_deref(),
             header("wechatpay-nonce").as_deref(),
             header("wechatpay-signature").as_deref(),
             header("wechatpay-serial").as_deref(),
             body,
+            now,
         )
         .await?;
         let envelope: NotifyEnvelope =
