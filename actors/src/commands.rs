@@ -122,6 +122,9 @@ pub struct TransitionWrite {
     pub notification: Option<NotificationRecord>,
     /// Entitlement changes of refunds, applied in the same transaction.
     pub refund_ops: Vec<RefundOp>,
+    /// Write the webhook events the transition announces to the outbox, in the same
+    /// transaction (on when `webhooks.url` is set).
+    pub outbox: bool,
 }
 
 /// What a refund does to the buyer's entitlement, with the transition that causes it.
@@ -134,7 +137,8 @@ pub enum RefundOp {
 
 /// Persists a transition: the order, its deadline index entries (old ones removed,
 /// new ones added), its timeline entry and — if it was paid — the grant with its
-/// history entry. All in one command, so all durable together.
+/// history entry, and the webhook events it announces (the outbox). All in one
+/// command, so all durable together.
 pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order, CommandError> {
     run(store, move |ctx| {
         let TransitionWrite {
@@ -145,6 +149,7 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             tiers,
             notification,
             refund_ops,
+            outbox,
         } = w;
         let stored = ctx
             .get(&ORDERS, &next.order_no)?
@@ -204,6 +209,9 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
         }
         ctx.put(&ORDERS, &next.order_no, &next);
+        if outbox {
+            crate::outbox::record_transition(ctx, &stored, &next)?;
+        }
         if let Some(n) = notification {
             put_notification(ctx, n)?;
         }
@@ -389,6 +397,44 @@ pub async fn idempotency_finish(
             (_, None) => {}
         }
         Ok(())
+    })
+    .await
+}
+
+/// Up to `limit` idempotency keys created before `cutoff`, for retention.
+pub fn stale_idempotency_keys(
+    view: &ReadView,
+    cutoff: Timestamp,
+    limit: usize,
+) -> Result<Vec<(String, String)>, StorageError> {
+    Ok(view
+        .scan_prefix(&IDEMPOTENCY, &(), usize::MAX, false)?
+        .into_iter()
+        .filter(|(_, rec)| rec.created_at < cutoff)
+        .take(limit)
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// Deletes the given idempotency keys if they are still older than `cutoff` (a key
+/// reused since the scan is kept). Returns how many were deleted.
+pub async fn prune_idempotency(
+    store: &Store,
+    keys: Vec<(String, String)>,
+    cutoff: Timestamp,
+) -> Result<usize, CommandError> {
+    run(store, move |ctx| {
+        let mut pruned = 0;
+        for k in keys {
+            if ctx
+                .get(&IDEMPOTENCY, &k)?
+                .is_some_and(|rec| rec.created_at < cutoff)
+            {
+                ctx.delete(&IDEMPOTENCY, &k);
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
     })
     .await
 }

@@ -635,3 +635,61 @@ pub struct AuditEntry {
 impl payd_storage::Record for AuditEntry {
     const SCHEMA: u8 = 1;
 }
+
+/// Where an outbound webhook event stands. Persisted: append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WebhookStatus {
+    /// Waiting for its (next) delivery attempt.
+    Pending = 0,
+    /// The host application answered 2xx.
+    Delivered = 1,
+    /// Every attempt of `webhooks.retry` failed; kept and listed until re-sent.
+    Dead = 2,
+}
+
+impl WebhookStatus {
+    pub const ALL: [WebhookStatus; 3] = [
+        WebhookStatus::Pending,
+        WebhookStatus::Delivered,
+        WebhookStatus::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookStatus::Pending => "pending",
+            WebhookStatus::Delivered => "delivered",
+            WebhookStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WebhookStatus> {
+        WebhookStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// An event for the host application, written to the outbox in the same transaction
+/// as the change it announces, with the order as it stood right after that change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    /// Stable: `{order_no}:{version}` for an order's status, `{refund_no}:{state}`
+    /// for a refund's. Receivers deduplicate on it (delivery is at least once).
+    pub id: String,
+    /// `order.paid`, `order.refunded`, `refund.succeeded`, …
+    pub event_type: String,
+    pub order: Order,
+    /// The refund the event is about, for `refund.*` events.
+    pub refund_no: Option<String>,
+    pub created_at: Timestamp,
+    pub status: WebhookStatus,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_attempt_at: Option<Timestamp>,
+    /// Why the last attempt failed (an HTTP status or a transport error), never a body.
+    pub last_error: Option<String>,
+    pub delivered_at: Option<Timestamp>,
+}
+
+impl payd_storage::Record for WebhookEvent {
+    const SCHEMA: u8 = 1;
+}

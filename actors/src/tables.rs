@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Entitlements, HistoryEntry, NotificationRecord, Order, Package, TimelineEntry, Timestamp,
+    WebhookEvent,
 };
 
 /// A value-less index entry.
@@ -63,11 +64,40 @@ pub const NOTIFICATIONS: Table<(String, String), NotificationRecord> = Table::ne
 /// (at ms, sequence within the ms): the admin audit log, in time order.
 pub const AUDIT: Table<(i64, u64), crate::model::AuditEntry> = Table::new("audit");
 
+/// An outbox entry still to deliver: which order it belongs to (events of one order
+/// go out one at a time, in sequence) and when its next attempt is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingWebhook {
+    pub order_no: String,
+    pub next_attempt_at: Timestamp,
+}
+impl Record for PendingWebhook {
+    const SCHEMA: u8 = 1;
+}
+
+/// The next outbox sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookCursor {
+    pub next_seq: u64,
+}
+impl Record for WebhookCursor {
+    const SCHEMA: u8 = 1;
+}
+
+/// outbox sequence → webhook event (with its delivery state), oldest first.
+pub const WEBHOOK_EVENTS: Table<u64, WebhookEvent> = Table::new("webhook_events");
+/// outbox sequence → events not yet delivered nor dead: the deliverer's work list.
+pub const WEBHOOK_PENDING: Table<u64, PendingWebhook> = Table::new("webhook_pending");
+/// [`WEBHOOK_CURSOR_KEY`] → the next outbox sequence number (fjall refuses empty keys,
+/// so the single entry has a name).
+pub const WEBHOOK_CURSOR: Table<String, WebhookCursor> = Table::new("webhook_cursor");
+pub const WEBHOOK_CURSOR_KEY: &str = "next";
+
 /// order number → how an upgrade order was priced (written with the order).
 pub const UPGRADES: Table<String, crate::model::UpgradePricing> = Table::new("upgrades");
 
 /// Every table of the domain, for `StoreOptions::tables`.
-pub const DOMAIN_TABLES: [&str; 11] = [
+pub const DOMAIN_TABLES: [&str; 14] = [
     "packages",
     "orders",
     "user_orders",
@@ -79,4 +109,7 @@ pub const DOMAIN_TABLES: [&str; 11] = [
     "notifications",
     "audit",
     "upgrades",
+    "webhook_events",
+    "webhook_pending",
+    "webhook_cursor",
 ];
