@@ -13,6 +13,7 @@ mod crash;
 mod entitlements;
 mod lifecycle;
 mod purchase;
+mod races;
 mod recovery;
 mod refunds;
 mod stripe;
