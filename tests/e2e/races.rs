@@ -12,29 +12,7 @@ use crate::wechat_sandbox::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_repeated_signed_callbacks_grants_each_order_exactly_once() {
     let sandbox = WechatSandbox::start().await;
-    let certs = tempfile::tempdir().unwrap().keep();
-    let wechat = format!(
-        r#"
-[wechat]
-app_id = "{APPID}"
-mch_id = "{MCHID}"
-api_v3_key = "{APIV3_KEY}"
-private_key_path = {key:?}
-cert_serial_no = "{MERCHANT_SERIAL}"
-platform_public_key_path = {pubkey:?}
-platform_public_key_id = "{PUB_KEY_ID}"
-platform_cert_dir = {certs:?}
-base_url = "{base}"
-"#,
-        key = fixture("vectors/merchant_rsa2048_private_pkcs8.pem")
-            .display()
-            .to_string(),
-        pubkey = fixture("vectors/provider_rsa2048_public.pem")
-            .display()
-            .to_string(),
-        certs = certs.display().to_string(),
-        base = sandbox.base,
-    );
+    let wechat = payd_config(&sandbox);
     // Polling runs meanwhile (every second), racing the callbacks.
     let app = TestApp::spawn_real(
         &[("order_expire = \"4s\"", "order_expire = \"60s\"")],

@@ -16,29 +16,7 @@ async fn start() -> (TestApp, WechatSandbox) {
 
 async fn start_with(order_expire: &str) -> (TestApp, WechatSandbox) {
     let sandbox = WechatSandbox::start().await;
-    let certs = tempfile::tempdir().unwrap().keep();
-    let wechat = format!(
-        r#"
-[wechat]
-app_id = "{APPID}"
-mch_id = "{MCHID}"
-api_v3_key = "{APIV3_KEY}"
-private_key_path = {key:?}
-cert_serial_no = "{MERCHANT_SERIAL}"
-platform_public_key_path = {pubkey:?}
-platform_public_key_id = "{PUB_KEY_ID}"
-platform_cert_dir = {certs:?}
-base_url = "{base}"
-"#,
-        key = fixture("vectors/merchant_rsa2048_private_pkcs8.pem")
-            .display()
-            .to_string(),
-        pubkey = fixture("vectors/provider_rsa2048_public.pem")
-            .display()
-            .to_string(),
-        certs = certs.display().to_string(),
-        base = sandbox.base,
-    );
+    let wechat = payd_config(&sandbox);
     let app = TestApp::spawn_real(
         &[(
             "order_expire = \"4s\"",

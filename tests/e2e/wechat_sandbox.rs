@@ -27,6 +27,33 @@ pub(crate) const PUB_KEY_ID: &str = "PUB_KEY_ID_01190000000120240101000000000000
 pub(crate) const CERT_SERIAL: &str = "6F2A8D4C1B3E5A7F9081726354ABCDEF12345678";
 pub(crate) const ROTATED_SERIAL: &str = "7A1100C0FFEE0000000000000000000000000002";
 
+/// The `[wechat]` table that points payd (API v3, both key modes) at `sandbox`.
+pub(crate) fn payd_config(sandbox: &WechatSandbox) -> String {
+    let certs = tempfile::tempdir().unwrap().keep();
+    format!(
+        r#"
+[wechat]
+app_id = "{APPID}"
+mch_id = "{MCHID}"
+api_v3_key = "{APIV3_KEY}"
+private_key_path = {key:?}
+cert_serial_no = "{MERCHANT_SERIAL}"
+platform_public_key_path = {pubkey:?}
+platform_public_key_id = "{PUB_KEY_ID}"
+platform_cert_dir = {certs:?}
+base_url = "{base}"
+"#,
+        key = fixture("vectors/merchant_rsa2048_private_pkcs8.pem")
+            .display()
+            .to_string(),
+        pubkey = fixture("vectors/provider_rsa2048_public.pem")
+            .display()
+            .to_string(),
+        certs = certs.display().to_string(),
+        base = sandbox.base,
+    )
+}
+
 pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
