@@ -91,6 +91,7 @@ impl From<StorageError> for ApiError {
             | StorageError::Schema { .. }
             | StorageError::Corrupt { .. }
             | StorageError::CorruptKey { .. }
+            | StorageError::NewerFormat { .. }
             | StorageError::CommandPanicked => {
                 tracing::error!(error = %e, "storage error");
                 ApiError::storage("storage error")

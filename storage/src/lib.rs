@@ -37,6 +37,10 @@ pub enum StorageError {
     Corrupt { table: &'static str, reason: String },
     #[error("corrupt key in table {table}")]
     CorruptKey { table: &'static str },
+    #[error(
+        "the database was written by a newer payd (storage format {found}); this build reads up to format {supported}"
+    )]
+    NewerFormat { found: u32, supported: u32 },
     #[error("a storage command panicked; it was discarded")]
     CommandPanicked,
     #[error("the storage writer has stopped")]

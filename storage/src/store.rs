@@ -49,6 +49,38 @@ impl StoreOptions {
     }
 }
 
+/// The on-disk layout version of payd's storage (key encodings, table set, envelope).
+/// A database written by a newer layout is refused at open instead of misread; an
+/// older one would be migrated here.
+pub const FORMAT_VERSION: u32 = 1;
+const META_KEYSPACE: &str = "__payd_meta";
+
+fn check_format(db: &SingleWriterTxDatabase) -> Result<()> {
+    let meta = db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)?;
+    match meta.get("format")? {
+        None => {
+            meta.insert("format", FORMAT_VERSION.to_be_bytes())?;
+            db.persist(PersistMode::SyncAll)?;
+            Ok(())
+        }
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(&v[..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    table: META_KEYSPACE,
+                    reason: "format version is not 4 bytes".into(),
+                })?;
+            if found > FORMAT_VERSION {
+                return Err(StorageError::NewerFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// A typed handle on one keyspace.
 pub struct Table<K, V> {
     name: &'static str,
@@ -91,6 +123,7 @@ impl Engine {
             .cache_size(opts.cache_size_bytes)
             .max_journaling_size(opts.max_journal_size_bytes)
             .open()?;
+        check_format(&db)?;
         let mut keyspaces = HashMap::new();
         for &name in &opts.tables {
             keyspaces.insert(name, db.keyspace(name, KeyspaceCreateOptions::default)?);
@@ -733,5 +766,31 @@ mod tests {
         );
         drop(view);
         assert_eq!(add(&store, "a", 1).await.unwrap(), Ok(11));
+    }
+
+    #[tokio::test]
+    async fn a_database_of_a_newer_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).shutdown().await;
+        {
+            let db = SingleWriterTxDatabase::builder(dir.path()).open().unwrap();
+            let meta = db
+                .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
+                .unwrap();
+            meta.insert("format", (FORMAT_VERSION + 1).to_be_bytes())
+                .unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let err = Store::open(StoreOptions::new(dir.path(), vec!["balances", "log"]))
+            .err()
+            .expect("refused");
+        assert!(matches!(
+            err,
+            StorageError::NewerFormat {
+                found: 2,
+                supported: 1
+            }
+        ));
+        assert!(err.to_string().contains("newer"), "{err}");
     }
 }
