@@ -4,6 +4,8 @@
 //! everything above the adapters.
 
 pub mod alipay;
+#[cfg(test)]
+mod arbitrary_input_tests;
 pub mod executor;
 pub mod mock;
 pub mod rejections;
