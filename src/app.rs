@@ -10,6 +10,7 @@ use payd_actors::clock::{SharedClock, SystemClock};
 use payd_actors::commands;
 use payd_actors::hub::{Hub, HubConfig, HubObserver};
 use payd_actors::model::{Currency, Package, PackageKind};
+use payd_actors::monitor::MonitorObserver;
 use payd_actors::order::machine::{LatePaymentPolicy, Policy};
 use payd_actors::order::supervisor::{OrderSupervisor, SupervisorMsg, SupervisorStats};
 use payd_actors::order::{Deps, OrderObserver};
@@ -41,6 +42,9 @@ pub struct Application {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// The rate-limit sweeper and the separate metrics listener.
+    watch: Vec<JoinHandle<()>>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 pub fn package_from_seed(seed: &config::PackageSeed) -> anyhow::Result<Package> {
@@ -96,9 +100,12 @@ impl Application {
         clock: SharedClock,
     ) -> anyhow::Result<Application> {
         let config = Arc::new(config);
+        crate::security::check_key_files(&config)?;
+        crate::metrics::init(&crate::monitor::known_currencies(&config));
         let mut opts = StoreOptions::new(&config.storage.path, store_tables());
         opts.cache_size_bytes = config.storage.cache_size_bytes;
         opts.max_journal_size_bytes = config.storage.max_journal_size_bytes;
+        opts.commit_observer = Some(crate::metrics::commit_observer());
         let store = Store::open(opts)
             .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
 
@@ -214,6 +221,15 @@ impl Application {
                 Some(a)
             }
         };
+        let monitor = crate::monitor::start(&config, clock.clone(), store.clone()).await?;
+        let watchers: [Arc<dyn OrderObserver>; 2] = [
+            Arc::new(MonitorObserver::new((*monitor).clone())),
+            Arc::new(crate::metrics::OrderMetrics {
+                large_transaction: config.monitor.large_transaction.clone(),
+            }),
+        ];
+        let protection = Arc::new(crate::http::guard::Protection::new(&config));
+        let mut watch = vec![crate::http::guard::spawn_sweeper(protection.clone())];
         let certificate_refresh = wechat
             .clone()
             .filter(|w| w.keys.certificate_mode())
@@ -234,7 +250,11 @@ impl Application {
             passivate_after: config.actors.passivate_after,
             restart_budget: config.actors.restart_budget,
             webhooks: webhook_settings.is_some(),
-            observers: vec![Arc::new(HubObserver::new(hub.clone())) as Arc<dyn OrderObserver>],
+            observers: [
+                vec![Arc::new(HubObserver::new(hub.clone())) as Arc<dyn OrderObserver>],
+                watchers.to_vec(),
+            ]
+            .concat(),
         };
         if webhook_settings.is_some() {
             deps.observers
@@ -278,7 +298,11 @@ impl Application {
             wechat_v2,
             stripe,
             alipay,
-            rejections: Arc::new(RejectionLog::default()),
+            rejections: Arc::new(RejectionLog::observed(crate::monitor::rejection_observer(
+                &monitor,
+            ))),
+            monitor,
+            protection,
             live: Arc::new(http::ws::Live::new(hub, LiveSettings::default())),
             jwt: Arc::new(Jwt::new(&config.auth)),
             config: config.clone(),
@@ -306,18 +330,30 @@ impl Application {
             }
         });
         tracing::info!(%addr, "payd listening");
+        let mut metrics_addr = None;
+        if let Some((bound, task)) = http::monitor::serve_metrics(&state).await? {
+            metrics_addr = Some(bound);
+            watch.push(task);
+        }
         Ok(Application {
             addr,
             state,
             scheduler,
             shutdown: Some(tx),
             server,
+            watch,
+            metrics_addr,
             background,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when `server.metrics_bind` gives it a listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn state(&self) -> &AppState {
@@ -342,7 +378,7 @@ impl Application {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        for task in &self.background {
+        for task in self.background.iter().chain(&self.watch) {
             task.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
@@ -353,6 +389,7 @@ impl Application {
             .stop_children_and_wait(None, wait)
             .await;
         let _ = self.state.supervisor.stop_and_wait(None, wait).await;
+        let _ = self.state.monitor.actor().stop_and_wait(None, wait).await;
         let _ = self.state.live.hub.stop_and_wait(None, wait).await;
         self.state.store.shutdown().await;
         tracing::info!("payd stopped");

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod commands;
 pub mod hub;
 pub mod model;
+pub mod monitor;
 pub mod order;
 pub mod outbox;
 pub mod provider;

@@ -33,9 +33,11 @@ mod admin_ops;
 mod alipay;
 pub mod error;
 pub mod extract;
+pub mod guard;
 mod me;
 mod methods;
 mod mock;
+pub mod monitor;
 mod notify;
 pub mod openapi;
 mod ops;
@@ -61,6 +63,10 @@ pub struct AppState {
     pub wechat_v2: Option<Arc<WechatV2>>,
     pub stripe: Option<Arc<Stripe>>,
     pub rejections: Arc<RejectionLog>,
+    /// The monitor: sliding-window counts and alerts.
+    pub monitor: Arc<payd_actors::monitor::MonitorHandle>,
+    /// Rate limits, trusted proxies, callback allowlists, recent-callback cache.
+    pub protection: Arc<guard::Protection>,
     /// Live updates: the hub and the WebSocket tickets.
     pub live: Arc<ws::Live>,
 }
@@ -95,9 +101,12 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(monitor::metrics))
+        .route("/api/v1/admin/monitor/status", get(monitor::status))
+        .route("/api/v1/admin/monitor/alerts", get(monitor::alerts))
         .route("/api/v1/packages", get(orders::list_packages))
         .route("/api/v1/packages/{id}", get(orders::get_package))
         .route(
@@ -186,6 +195,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ws", get(ws::connect))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::front,
+        ));
+    let routes = match guard::cors(&state.config) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
         .layer(TraceLayer::new_for_http().make_span_with(span_without_query))
         .with_state(state)
 }

@@ -88,6 +88,24 @@ pub(super) async fn apply_verified(
         raw_body: raw.to_vec(),
         headers: v.headers,
     };
+    // A retry of an event whose effect is already durable: count the delivery and
+    // answer, without activating the order's actor.
+    let source = crate::http::guard::callback_label(v.provider);
+    let event_id = record.event_id.clone();
+    if state.protection.callbacks.seen(source, &event_id) {
+        let mut record = record;
+        record.result = "duplicate".into();
+        return match payd_actors::commands::log_notification(&state.store, record).await {
+            Ok(()) => {
+                crate::metrics::callback_deduplicated(source);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(order_no = %v.order_no, error = %e, "callback delivery not logged; the provider will retry");
+                Err(NotApplied::Retry)
+            }
+        };
+    }
     let outcome = match v.event {
         Some(event) => state
             .ask(
@@ -103,6 +121,9 @@ pub(super) async fn apply_verified(
             .await
             .map_err(crate::http::error::ApiError::from),
     };
+    if outcome.is_ok() {
+        state.protection.callbacks.remember(source, &event_id);
+    }
     outcome.map_err(|e| {
         tracing::error!(order_no = %v.order_no, provider = v.provider.as_str(), error = %e.detail,
             "callback not applied; the provider will retry");

@@ -98,6 +98,10 @@ pub const OPERATIONS: &[Operation] = &[
         query: &[], body: None, idem: None, reply: Reply::Json(200, "Readiness"), errors: &[503]),
     op!("GET" "/api-docs/openapi.json", "operations", "This document", Public,
         query: &[], body: None, idem: None, reply: Reply::Media(200, "application/json", "OpenAPI 3.1 document"), errors: &[]),
+    op!("GET" "/metrics", "operations",
+        "Prometheus metrics (here unless server.metrics_bind moves them to their own listener)", Public,
+        query: &[], body: None, idem: None,
+        reply: Reply::Media(200, "text/plain", "Prometheus text exposition format"), errors: &[404]),
     // Checkout page
     op!("GET" "/", "checkout page", "The checkout page (HTML)", Public,
         query: &[], body: None, idem: None, reply: Reply::Media(200, "text/html", "the page"), errors: &[]),
@@ -213,6 +217,10 @@ pub const OPERATIONS: &[Operation] = &[
         query: &[], body: None, idem: None, reply: Reply::Json(202, "AnyObject"), errors: &[404, 409]),
     op!("POST" "/api/v1/admin/backup", "admin", "Write a consistent backup file while payd keeps serving", Admin,
         query: &[], body: Some("Backup"), idem: None, reply: Reply::Json(201, "AnyObject"), errors: &[409, 422, 503]),
+    op!("GET" "/api/v1/admin/monitor/status", "admin", "Health, rates and active alerts", Admin,
+        query: &[], body: None, idem: None, reply: Reply::Json(200, "AnyObject"), errors: &[]),
+    op!("GET" "/api/v1/admin/monitor/alerts", "admin", "Alert history, newest first", Admin,
+        query: &PAGE, body: None, idem: None, reply: Reply::Json(200, "AnyPage"), errors: &[422]),
     // Mock provider
     op!("POST" "/api/v1/mock/orders/{order_no}/pay", "mock provider",
         "Simulate the provider confirming payment, through the callback path (mock mode only)", User,

@@ -128,11 +128,13 @@ impl Executor {
             let request = build()?;
             let started = Instant::now();
             let outcome = self.attempt(request).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_millis() as u64;
             let transient = match &outcome {
                 Ok(r) => r.status >= 500,
                 Err(e) => e.transient,
             };
+            crate::monitor::provider_call(self.provider, op, !transient, elapsed);
             match &outcome {
                 Ok(r) => tracing::debug!(
                     provider = self.provider,
@@ -200,7 +202,10 @@ impl Executor {
         let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
             b.consecutive_failures = 0;
-            b.open_until = None;
+            if b.open_until.take().is_some() {
+                tracing::info!(provider = self.provider, "provider circuit breaker closed");
+                crate::monitor::breaker(self.provider, false);
+            }
         } else {
             b.consecutive_failures += 1;
             if b.consecutive_failures >= self.config.breaker_threshold {
@@ -210,6 +215,7 @@ impl Executor {
                         failures = b.consecutive_failures,
                         "provider circuit breaker opened"
                     );
+                    crate::monitor::breaker(self.provider, true);
                 }
                 b.open_until = Some(Instant::now() + self.config.breaker_open_for);
             }

@@ -3,7 +3,7 @@
 //! of forgeries must never cost one disk sync each.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use payd_actors::model::Timestamp;
 
@@ -61,14 +61,30 @@ pub struct Rejected {
     pub at: Timestamp,
 }
 
+/// Told about every rejection after it is counted (the monitor).
+pub type RejectionObserver = Arc<dyn Fn(&Rejected) + Send + Sync>;
+
 #[derive(Default)]
 pub struct RejectionLog {
     counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     recent: Mutex<VecDeque<Rejected>>,
+    observer: Option<RejectionObserver>,
 }
 
 impl RejectionLog {
+    /// A log that also tells `observer` about each rejection.
+    pub fn observed(observer: RejectionObserver) -> RejectionLog {
+        RejectionLog {
+            observer: Some(observer),
+            ..RejectionLog::default()
+        }
+    }
+
     pub fn record(&self, entry: Rejected) {
+        crate::metrics::callback_rejected(entry.provider, entry.reason);
+        if let Some(observer) = &self.observer {
+            observer(&entry);
+        }
         tracing::warn!(
             provider = entry.provider,
             reason = entry.reason,

@@ -18,7 +18,9 @@ mod store;
 
 pub use codec::{Record, decode_record, encode_record};
 pub use key::{Key, KeyReader};
-pub use store::{ReadView, Store, StoreOptions, StoreStats, Table, WriteCtx};
+pub use store::{
+    CommitObserver, CommitReport, ReadView, Store, StoreOptions, StoreStats, Table, WriteCtx,
+};
 
 /// Everything that can go wrong below the domain.
 #[derive(Debug, thiserror::Error)]

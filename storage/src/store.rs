@@ -34,6 +34,30 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Commands that may wait for the writer before `submit` applies back-pressure.
     pub queue_depth: usize,
+    /// Told about every batch that wrote something (metrics); `None`: nobody.
+    pub commit_observer: Option<CommitObserver>,
+}
+
+/// One committed (or failed) batch, as the writer saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Commands in the batch (group commit: one sync for all of them).
+    pub commands: usize,
+    /// From the start of the batch to the end of its commit, sync included.
+    pub elapsed: Duration,
+    pub ok: bool,
+}
+
+/// A callback for [`CommitReport`]s. It runs on the writer thread between batches,
+/// so it must be cheap and must not block (record a metric, bump a counter).
+/// Storage stays ignorant of any metrics library this way.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(CommitReport) + Send + Sync>);
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl StoreOptions {
@@ -45,6 +69,7 @@ impl StoreOptions {
             tables,
             max_batch: 512,
             queue_depth: 8192,
+            commit_observer: None,
         }
     }
 }
@@ -558,6 +583,13 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
     }
     let committed = if wrote { commit(shared, tx) } else { Ok(()) };
     shared.commands.fetch_add(count, Ordering::Relaxed);
+    if wrote && let Some(observer) = &shared.opts.commit_observer {
+        (observer.0)(CommitReport {
+            commands: count as usize,
+            elapsed: started.elapsed(),
+            ok: committed.is_ok(),
+        });
+    }
     match committed {
         Ok(()) => {
             if wrote {

@@ -29,6 +29,11 @@ restart_budget = 3
 jwt_secret = "test-secret-0123456789abcdef"
 [providers]
 timeout = "2s"
+# Tests drive many requests from 127.0.0.1; tests of the limits lower these.
+[rate_limit]
+payment_per_minute = 100000
+read_per_minute = 1000000
+callback_per_minute = 1000000
 
 [[packages]]
 id = "basic"
@@ -159,7 +164,10 @@ impl TestApp {
     }
 
     async fn start(config_text: String, dir: Arc<tempfile::TempDir>) -> TestApp {
+        restrict_fixture_keys();
+        crate::logcheck::install();
         let cfg = load(&config_text, dir.path());
+        crate::logcheck::config_secrets(&cfg);
         let jwt = Jwt::new(&cfg.auth);
         let app = Application::build(cfg).await.expect("payd starts");
         let base = format!("http://{}", app.addr());
@@ -190,14 +198,19 @@ impl TestApp {
         if let Some(app) = self.app.take() {
             app.stop().await;
         }
+        crate::logcheck::assert_clean();
     }
 
     pub(crate) fn token(&self, user: &str) -> String {
-        self.jwt.mint(user, false, now_secs(), 3600)
+        let token = self.jwt.mint(user, false, now_secs(), 3600);
+        crate::logcheck::secret("a user's token", &token);
+        token
     }
 
     pub(crate) fn admin_token(&self) -> String {
-        self.jwt.mint("ops-admin", true, now_secs(), 3600)
+        let token = self.jwt.mint("ops-admin", true, now_secs(), 3600);
+        crate::logcheck::secret("an admin token", &token);
+        token
     }
 
     pub(crate) async fn call(
@@ -327,6 +340,29 @@ impl TestApp {
         }
         h.finalize().to_vec()
     }
+}
+
+/// Git checks fixtures out readable by every user, and payd (rightly) refuses a
+/// world-readable private key when mock mode is off: make the fixture keys
+/// owner-only, as an operator's would be.
+pub(crate) fn restrict_fixture_keys() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for dir in ["vectors", "wechat"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.contains("private") && name.ends_with(".pem") {
+                    let owner_only = std::fs::Permissions::from_mode(0o400);
+                    let _ = std::fs::set_permissions(entry.path(), owner_only);
+                }
+            }
+        }
+    });
 }
 
 pub(crate) fn now_secs() -> u64 {
