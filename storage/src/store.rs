@@ -77,7 +77,7 @@ impl StoreOptions {
 /// The on-disk layout version of payd's storage (key encodings, table set, envelope).
 /// A database written by a newer layout is refused at open instead of misread; an
 /// older one would be migrated here.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 const META_KEYSPACE: &str = "__payd_meta";
 
 fn check_format(db: &SingleWriterTxDatabase) -> Result<()> {
