@@ -383,3 +383,275 @@ async fn bad_requests_get_problem_json_and_change_nothing() {
     assert_eq!(app.fingerprint(), before, "a bad request changed storage");
     app.stop().await;
 }
+
+/// A generated corpus of hostile requests (≈ 200): each must be a 4xx problem+json
+/// with a stable code, and storage must be unchanged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_corpus_is_refused_with_stable_codes_and_changes_nothing() {
+    let app = TestApp::spawn_with_replacements(&[
+        ("order_expire = \"4s\"", "order_expire = \"60s\""),
+        ("query_interval = \"1s\"", "query_interval = \"30s\""),
+    ])
+    .await;
+    let u = app.token("mallory");
+    let admin = app.admin_token();
+    let paid = order_no(&app.order(&u, "basic", "mock").await);
+    app.pay(&u, &paid, "").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = app.fingerprint();
+
+    // (method, path, token, content type, body, idempotency key)
+    type Req = (
+        Method,
+        String,
+        Option<String>,
+        Option<&'static str>,
+        Vec<u8>,
+        Option<String>,
+    );
+    let mut corpus: Vec<(String, Req)> = Vec::new();
+    let orders = "/api/v1/orders".to_string();
+    let consume = "/api/v1/me/entitlements/consume".to_string();
+    let refund = format!("/api/v1/admin/orders/{paid}/refunds");
+    let json_ct = Some("application/json");
+    let mut push = |name: String,
+                    method: Method,
+                    path: &str,
+                    token: Option<&str>,
+                    body: Vec<u8>,
+                    key: Option<&str>| {
+        corpus.push((
+            name,
+            (
+                method,
+                path.to_string(),
+                token.map(str::to_string),
+                json_ct,
+                body,
+                key.map(str::to_string),
+            ),
+        ));
+    };
+    // Deep nesting, in several shapes.
+    for depth in [64, 129, 1_000, 20_000] {
+        let arr = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        push(
+            format!("nested array {depth}"),
+            Method::POST,
+            &orders,
+            Some(&u),
+            arr.into_bytes(),
+            None,
+        );
+        let obj = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+        push(
+            format!("nested object {depth}"),
+            Method::POST,
+            &orders,
+            Some(&u),
+            obj.into_bytes(),
+            None,
+        );
+    }
+    // Invalid UTF-8 and control bytes.
+    for (i, bytes) in [
+        vec![0xff, 0xfe, 0xfd],
+        b"{\"package_id\":\"\xc3\x28\",\"payment_method\":\"mock\"}".to_vec(),
+        b"{\"package_id\":\"basic\x00\",\"payment_method\":\"mock\"}".to_vec(),
+        vec![0u8; 100],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        push(
+            format!("bad bytes {i}"),
+            Method::POST,
+            &orders,
+            Some(&u),
+            bytes,
+            None,
+        );
+    }
+    // Duplicate keys, wrong shapes, mass assignment.
+    for (i, body) in [
+        r#"{"package_id":"basic","package_id":"premium","payment_method":"mock"}"#,
+        r#"{"package_id":"basic","payment_method":"mock","payment_method":"wechat"}"#,
+        r#"{"package_id":null,"payment_method":"mock"}"#,
+        r#"{"package_id":["basic"],"payment_method":"mock"}"#,
+        r#"{"package_id":{"id":"basic"},"payment_method":"mock"}"#,
+        r#"{"package_id":"basic","payment_method":"mock","user_id":"victim"}"#,
+        r#"{"package_id":"basic","payment_method":"mock","amount":1}"#,
+        r#"{"package_id":"basic","payment_method":"mock","status":"paid"}"#,
+        r#"{"package_id":"basic","payment_method":"mock","provider":"stripe"}"#,
+        r#"{"package_id":"basic","payment_method":"mock","is_upgrade":"yes"}"#,
+        r#"{"package_id":"basic","payment_method":"mock","client_ip":"999.1.1.1"}"#,
+        r#"{"package_id":"basic","payment_method":""}"#,
+        r#"{"package_id":"","payment_method":"mock"}"#,
+        r#"{"package_id":"../../etc/passwd","payment_method":"mock"}"#,
+        r#"{"package_id":"basic","payment_method":"mock"} trailing"#,
+        r#""just a string""#,
+        "null",
+        "12345",
+        "{}",
+        r#"{"PACKAGE_ID":"basic","payment_method":"mock"}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        push(
+            format!("order body {i}"),
+            Method::POST,
+            &orders,
+            Some(&u),
+            body.as_bytes().to_vec(),
+            None,
+        );
+    }
+    // Amounts of every hostile form, on consumption (key required) and refunds (admin).
+    for (i, amount) in [
+        "-1",
+        "0",
+        "1e30",
+        "18446744073709551616",
+        "\"0.1\"",
+        "0.1",
+        "1.5",
+        "-0",
+        "NaN",
+        "\"\"",
+        "true",
+        "[]",
+        "{}",
+        "9223372036854775808",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        push(
+            format!("consume points {amount}"),
+            Method::POST,
+            &consume,
+            Some(&u),
+            format!("{{\"points\":{amount}}}").into_bytes(),
+            Some(&format!("hostile-{i}")),
+        );
+        push(
+            format!("consume queries {amount}"),
+            Method::POST,
+            &consume,
+            Some(&u),
+            format!("{{\"queries\":{amount}}}").into_bytes(),
+            Some(&format!("hostile-q-{i}")),
+        );
+        push(
+            format!("refund amount {amount}"),
+            Method::POST,
+            &refund,
+            Some(&admin),
+            format!("{{\"amount\":{amount},\"reason\":\"x\"}}").into_bytes(),
+            None,
+        );
+    }
+    // Order-number guessing: well-formed numbers that do not exist, and junk.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..55 {
+        seed ^= seed << 7;
+        seed ^= seed >> 9;
+        let tail: String = (0..16)
+            .map(|k| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"[((seed >> (k * 4)) % 32) as usize] as char)
+            .collect();
+        let guess = format!("PD2611222033{:02}{tail}", i % 60);
+        push(
+            format!("guess {guess}"),
+            Method::GET,
+            &format!("/api/v1/orders/{guess}"),
+            Some(&u),
+            vec![],
+            None,
+        );
+        push(
+            format!("cancel guess {guess}"),
+            Method::POST,
+            &format!("/api/v1/orders/{guess}/cancel"),
+            Some(&u),
+            vec![],
+            None,
+        );
+    }
+    for junk in [
+        "%00",
+        "..",
+        "PD",
+        "pd261122203315k3m9q2xa7f4hd1rn",
+        &"A".repeat(300),
+        "PD261122203315K3M9Q2XA7F4HD1R!",
+    ] {
+        let path = format!("/api/v1/orders/{}", junk.replace('%', "%25"));
+        push(
+            format!("junk order number {junk}"),
+            Method::GET,
+            &path,
+            Some(&u),
+            vec![],
+            None,
+        );
+    }
+    // Tokens of every forged kind on a state-changing route.
+    for (i, token) in [
+        "",
+        "Bearer",
+        "a.b",
+        "a.b.c",
+        &"x".repeat(5000),
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        push(
+            format!("token {i}"),
+            Method::POST,
+            &orders,
+            Some(token),
+            br#"{"package_id":"basic","payment_method":"mock"}"#.to_vec(),
+            None,
+        );
+    }
+
+    let total = corpus.len();
+    assert!(total >= 190, "corpus has {total} cases");
+    for (name, (method, path, token, ct, body, key)) in corpus {
+        let mut req = app.client.request(method, format!("{}{}", app.base, path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.body(body).send().await.unwrap();
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        let body: serde_json::Value = resp.json().await.unwrap_or(json!(null));
+        assert!(status.is_client_error(), "{name}: {status} {body}");
+        assert_eq!(content_type, "application/problem+json", "{name}: {body}");
+        let code = body["code"].as_str().unwrap_or("");
+        assert!(
+            !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{name}: {body}"
+        );
+    }
+    assert_eq!(
+        app.fingerprint(),
+        before,
+        "a hostile request changed storage"
+    );
+    println!("hostile corpus: {total} cases, all refused, storage unchanged");
+    app.stop().await;
+}
