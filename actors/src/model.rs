@@ -440,6 +440,9 @@ pub struct Order {
     pub granted: bool,
     /// Paid by an operator's force-complete, not by a provider confirmation.
     pub force_completed: bool,
+    /// The address the order was placed from: the connection's, or the one a trusted
+    /// proxy forwarded (for audit; `client_ip` is what the host application reported).
+    pub source_ip: Option<String>,
     /// Refunds of this order, each with its own state.
     pub refunds: Vec<RefundEntry>,
     pub payments: Vec<Payment>,

@@ -338,6 +338,7 @@ mod tests {
             late_payment: false,
             granted: false,
             force_completed: false,
+            source_ip: None,
             refunds: Vec::new(),
             payments: Vec::new(),
             anomalies: Vec::new(),

@@ -245,6 +245,7 @@ pub(super) async fn order_detail(
             .collect::<Vec<_>>()
     );
     body["force_completed"] = json!(order.force_completed);
+    body["source_ip"] = json!(order.source_ip);
     Ok(Json(body).into_response())
 }
 

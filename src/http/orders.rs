@@ -72,8 +72,10 @@ pub(super) async fn create_order(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
+    client: Option<axum::Extension<crate::http::guard::ClientIp>>,
     ApiJson(body): ApiJson<CreateOrderBody>,
 ) -> Result<Response, ApiError> {
+    let source_ip = client.map(|c| c.0.0.to_string());
     if !state.config.payment.enabled {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -96,7 +98,7 @@ pub(super) async fn create_order(
 
     // Same key, same user, same (normalised) request: the first answer again.
     let Some(key) = key else {
-        return create_order_inner(&state, &user, method, &body)
+        return create_order_inner(&state, &user, method, &body, source_ip)
             .await
             .map(|(_, r)| r);
     };
@@ -108,7 +110,7 @@ pub(super) async fn create_order(
         IdempotencyBegin::Proceed => {}
         other => return idempotent_answer(other),
     }
-    let outcome = create_order_inner(&state, &user, method, &body).await;
+    let outcome = create_order_inner(&state, &user, method, &body, source_ip).await;
     // Remember 2xx and 4xx answers; release the key after a server-side failure so
     // the client can retry.
     let remembered = match &outcome {
@@ -177,6 +179,7 @@ async fn create_order_inner(
     user: &AuthUser,
     method: PaymentMethod,
     body: &CreateOrderBody,
+    source_ip: Option<String>,
 ) -> Result<(String, Response), ApiError> {
     let cfg = &state.config;
     let package = {
@@ -288,6 +291,7 @@ async fn create_order_inner(
         late_payment: false,
         granted: false,
         force_completed: false,
+        source_ip,
         refunds: vec![],
         payments: vec![],
         anomalies: vec![],

@@ -477,6 +477,10 @@ async fn admin_routes_need_the_admin_role_and_are_audited() {
         "{detail}"
     );
     assert_eq!(detail["refunds"][0]["amount"], 100);
+    assert_eq!(
+        detail["source_ip"], "127.0.0.1",
+        "the address the order came from"
+    );
     assert_eq!(detail["payments"][0]["amount"], 990);
 
     // Filters and pagination.

@@ -506,6 +506,7 @@ fn order() -> Order {
         late_payment: false,
         granted: false,
         force_completed: false,
+        source_ip: None,
         refunds: vec![],
         payments: vec![],
         anomalies: vec![],

@@ -58,6 +58,7 @@ pub(crate) fn new_order() -> Order {
         late_payment: false,
         granted: false,
         force_completed: false,
+        source_ip: None,
         refunds: vec![],
         payments: vec![],
         anomalies: vec![],
