@@ -133,84 +133,96 @@ impl Actor for OrderActor {
         msg: OrderMsg,
         st: &mut OrderState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            OrderMsg::Command { command, reply } => {
-                st.seen += 1;
-                match command {
-                    OrderCommand::OpenTrade => {
-                        if st.order.trade_opened || st.order.status != OrderStatus::Pending {
-                            answer(reply, Ok(st.order.clone()));
-                        } else {
-                            st.waiting_for_trade.extend(reply);
-                            if !st.create_in_flight {
-                                spawn_create(&myself, st);
-                            }
-                        }
-                    }
-                    OrderCommand::Callback {
-                        event,
-                        notification,
-                    } => {
-                        let result = apply_logged(&myself, st, event, Some(*notification)).await;
-                        answer(reply, result.map(|()| st.order.clone()));
-                    }
-                    OrderCommand::Event(event) => {
-                        let refresh = matches!(event, Event::RefreshQr);
-                        match apply(&myself, st, event).await {
-                            Ok(()) if refresh => st.waiting_for_trade.extend(reply),
-                            Ok(()) => answer(reply, Ok(st.order.clone())),
-                            Err(e) => answer(reply, Err(e)),
-                        }
-                    }
-                }
-            }
-            OrderMsg::ProviderDone { op, result } => {
-                st.in_flight = st.in_flight.saturating_sub(1);
-                if op == ProviderOp::Create {
-                    st.create_in_flight = false;
-                }
-                let outcome = match result {
-                    Ok(event) => apply(&myself, st, event).await.map(|()| st.order.clone()),
-                    Err(e) => Err(OrderError::Provider(e.message)),
-                };
-                if op == ProviderOp::Create {
-                    // A trade that failed to open leaves the order failed: say why.
-                    let outcome = match outcome {
-                        Ok(o) if o.status == OrderStatus::Failed && !o.trade_opened => {
-                            Err(OrderError::Provider(o.failure_reason.unwrap_or_default()))
-                        }
-                        other => other,
-                    };
-                    for reply in st.waiting_for_trade.drain(..) {
-                        let _ = reply.send(outcome.clone());
-                    }
-                }
-            }
-            OrderMsg::IdleCheck(generation) => {
-                if generation == st.idle_generation && st.in_flight == 0 {
-                    let _ = st.supervisor.cast(SupervisorMsg::Passivate {
-                        order_no: st.order.order_no.clone(),
-                        seen: st.seen,
-                    });
-                }
-                return Ok(());
-            }
-            OrderMsg::Internal(event) => {
-                if let Err(e) = apply(&myself, st, event).await {
-                    tracing::warn!(order_no = %st.order.order_no, error = %e, "internal event refused");
-                }
-            }
-            OrderMsg::Stop => {
-                tracing::debug!(order_no = %st.order.order_no, "order actor passivated");
-                myself.stop(None);
-                return Ok(());
-            }
-            #[cfg(feature = "fault-injection")]
-            OrderMsg::Panic => panic!("injected panic in order actor {}", st.order.order_no),
-        }
-        arm_idle(&myself, st);
-        Ok(())
+        // An actor's task keeps room for the largest future it awaits for its whole
+        // life, idle or not. Boxed, the handler's (about 10 KiB: storage commands,
+        // provider replies) is allocated only while a message is being handled.
+        Box::pin(handle_message(myself, msg, st)).await
     }
+}
+
+/// One message: what [`OrderActor`]'s `handle` does, in a future of its own.
+async fn handle_message(
+    myself: ActorRef<OrderMsg>,
+    msg: OrderMsg,
+    st: &mut OrderState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        OrderMsg::Command { command, reply } => {
+            st.seen += 1;
+            match command {
+                OrderCommand::OpenTrade => {
+                    if st.order.trade_opened || st.order.status != OrderStatus::Pending {
+                        answer(reply, Ok(st.order.clone()));
+                    } else {
+                        st.waiting_for_trade.extend(reply);
+                        if !st.create_in_flight {
+                            spawn_create(&myself, st);
+                        }
+                    }
+                }
+                OrderCommand::Callback {
+                    event,
+                    notification,
+                } => {
+                    let result = apply_logged(&myself, st, event, Some(*notification)).await;
+                    answer(reply, result.map(|()| st.order.clone()));
+                }
+                OrderCommand::Event(event) => {
+                    let refresh = matches!(event, Event::RefreshQr);
+                    match apply(&myself, st, event).await {
+                        Ok(()) if refresh => st.waiting_for_trade.extend(reply),
+                        Ok(()) => answer(reply, Ok(st.order.clone())),
+                        Err(e) => answer(reply, Err(e)),
+                    }
+                }
+            }
+        }
+        OrderMsg::ProviderDone { op, result } => {
+            st.in_flight = st.in_flight.saturating_sub(1);
+            if op == ProviderOp::Create {
+                st.create_in_flight = false;
+            }
+            let outcome = match result {
+                Ok(event) => apply(&myself, st, event).await.map(|()| st.order.clone()),
+                Err(e) => Err(OrderError::Provider(e.message)),
+            };
+            if op == ProviderOp::Create {
+                // A trade that failed to open leaves the order failed: say why.
+                let outcome = match outcome {
+                    Ok(o) if o.status == OrderStatus::Failed && !o.trade_opened => {
+                        Err(OrderError::Provider(o.failure_reason.unwrap_or_default()))
+                    }
+                    other => other,
+                };
+                for reply in st.waiting_for_trade.drain(..) {
+                    let _ = reply.send(outcome.clone());
+                }
+            }
+        }
+        OrderMsg::IdleCheck(generation) => {
+            if generation == st.idle_generation && st.in_flight == 0 {
+                let _ = st.supervisor.cast(SupervisorMsg::Passivate {
+                    order_no: st.order.order_no.clone(),
+                    seen: st.seen,
+                });
+            }
+            return Ok(());
+        }
+        OrderMsg::Internal(event) => {
+            if let Err(e) = apply(&myself, st, event).await {
+                tracing::warn!(order_no = %st.order.order_no, error = %e, "internal event refused");
+            }
+        }
+        OrderMsg::Stop => {
+            tracing::debug!(order_no = %st.order.order_no, "order actor passivated");
+            myself.stop(None);
+            return Ok(());
+        }
+        #[cfg(feature = "fault-injection")]
+        OrderMsg::Panic => panic!("injected panic in order actor {}", st.order.order_no),
+    }
+    arm_idle(&myself, st);
+    Ok(())
 }
 
 fn answer(reply: Option<OrderReply>, value: Result<Order, OrderError>) {
