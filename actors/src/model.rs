@@ -459,6 +459,57 @@ impl payd_storage::Record for Order {
     const SCHEMA: u8 = 1;
 }
 
+#[cfg(test)]
+impl Order {
+    /// A pending mock order that nothing has happened to yet, for tests: order
+    /// `PD2611222033150000000000000000` of user `u1` for package `basic`, CNY, expiring
+    /// 30 minutes after `created_at`. Tests set the fields that matter to them.
+    pub(crate) fn for_tests(
+        package: PackageSnapshot,
+        amount_minor: i64,
+        created_at: Timestamp,
+    ) -> Order {
+        Order {
+            order_no: "PD2611222033150000000000000000".into(),
+            user_id: "u1".into(),
+            package_id: "basic".into(),
+            package,
+            amount_minor,
+            currency: Currency("CNY".into()),
+            payment_method: PaymentMethod::Mock,
+            provider: ProviderKind::Mock,
+            status: OrderStatus::Pending,
+            closing: None,
+            trade_opened: false,
+            qr_code_url: None,
+            qr_code_expire_at: None,
+            payment_url: None,
+            provider_trade_ref: None,
+            client_ip: None,
+            expire_at: created_at.plus_ms(30 * 60_000),
+            created_at,
+            updated_at: created_at,
+            paid_at: None,
+            cancelled_at: None,
+            provider_transaction_id: None,
+            refunded_amount_minor: 0,
+            failure_reason: None,
+            late_payment: false,
+            granted: false,
+            force_completed: false,
+            source_ip: None,
+            refunds: vec![],
+            payments: vec![],
+            anomalies: vec![],
+            timers: Timers::default(),
+            timer_generation: 0,
+            poll_count: 0,
+            retry_count: 0,
+            version: 0,
+        }
+    }
+}
+
 /// One line of an order's append-only timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {

@@ -297,8 +297,7 @@ pub async fn prune_delivered(
 mod tests {
     use super::*;
     use crate::model::{
-        Actor, Currency, EntitlementHold, OrderStatus, PackageKind, PackageSnapshot, PaymentMethod,
-        ProviderKind, RefundEntry, Timers,
+        Actor, EntitlementHold, OrderStatus, PackageKind, PackageSnapshot, RefundEntry,
     };
 
     fn order() -> Order {
@@ -306,47 +305,22 @@ mod tests {
             order_no: "PD1".into(),
             user_id: "u".into(),
             package_id: "p".into(),
-            package: PackageSnapshot {
-                name: "p".into(),
-                kind: PackageKind::Points,
-                membership_type: None,
-                validity_days: None,
-                queries_count: None,
-                points: Some(1),
-                bonus_points: None,
-            },
-            amount_minor: 100,
-            currency: Currency::parse("CNY").unwrap(),
-            payment_method: PaymentMethod::Mock,
-            provider: ProviderKind::Mock,
-            status: OrderStatus::Pending,
-            closing: None,
             trade_opened: true,
-            qr_code_url: None,
-            qr_code_expire_at: None,
-            payment_url: None,
-            provider_trade_ref: None,
-            client_ip: None,
             expire_at: Timestamp(0),
-            created_at: Timestamp(0),
-            updated_at: Timestamp(0),
-            paid_at: None,
-            cancelled_at: None,
-            provider_transaction_id: None,
-            refunded_amount_minor: 0,
-            failure_reason: None,
-            late_payment: false,
-            granted: false,
-            force_completed: false,
-            source_ip: None,
-            refunds: Vec::new(),
-            payments: Vec::new(),
-            anomalies: Vec::new(),
-            timers: Timers::default(),
-            timer_generation: 0,
-            poll_count: 0,
-            retry_count: 0,
             version: 1,
+            ..Order::for_tests(
+                PackageSnapshot {
+                    name: "p".into(),
+                    kind: PackageKind::Points,
+                    membership_type: None,
+                    validity_days: None,
+                    queries_count: None,
+                    points: Some(1),
+                    bonus_points: None,
+                },
+                100,
+                Timestamp(0),
+            )
         }
     }
 

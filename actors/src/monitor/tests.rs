@@ -470,11 +470,8 @@ fn per_user_state_stays_bounded_under_a_flood_of_users() {
 }
 
 fn order() -> Order {
-    Order {
-        order_no: "PD2611222033150000000000000000".into(),
-        user_id: "u1".into(),
-        package_id: "basic".into(),
-        package: PackageSnapshot {
+    Order::for_tests(
+        PackageSnapshot {
             name: "basic".into(),
             kind: PackageKind::Points,
             membership_type: None,
@@ -483,39 +480,9 @@ fn order() -> Order {
             points: Some(10),
             bonus_points: None,
         },
-        amount_minor: 990,
-        currency: Currency::parse("CNY").unwrap(),
-        payment_method: PaymentMethod::Mock,
-        provider: ProviderKind::Mock,
-        status: OrderStatus::Pending,
-        closing: None,
-        trade_opened: false,
-        qr_code_url: None,
-        qr_code_expire_at: None,
-        payment_url: None,
-        provider_trade_ref: None,
-        client_ip: None,
-        expire_at: T0.plus_ms(30 * MIN),
-        created_at: T0,
-        updated_at: T0,
-        paid_at: None,
-        cancelled_at: None,
-        provider_transaction_id: None,
-        refunded_amount_minor: 0,
-        failure_reason: None,
-        late_payment: false,
-        granted: false,
-        force_completed: false,
-        source_ip: None,
-        refunds: vec![],
-        payments: vec![],
-        anomalies: vec![],
-        timers: Timers::default(),
-        timer_generation: 0,
-        poll_count: 0,
-        retry_count: 0,
-        version: 0,
-    }
+        990,
+        T0,
+    )
 }
 
 #[test]
