@@ -261,7 +261,7 @@ impl Application {
                 .push(Arc::new(webhooks::Nudge(webhook_nudge.clone())));
         }
         let deps = Arc::new(deps);
-        let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
+        let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps.clone())
             .await
             .context("starting the order supervisor")?;
         let (scheduler, _) = Actor::spawn(
@@ -308,6 +308,7 @@ impl Application {
             config: config.clone(),
             store,
             supervisor,
+            deps,
             providers,
             clock,
             mock,

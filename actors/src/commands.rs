@@ -67,6 +67,21 @@ pub async fn create_order_priced(
     order: Order,
     upgrade: Option<crate::model::UpgradePricing>,
 ) -> Result<Order, CommandError> {
+    create_order_opened(store, order, None, upgrade, false).await
+}
+
+/// Stores a new order and, when `opened` is given, the transition that opened its
+/// trade (the order at its next version and that transition's timeline entry), in
+/// one command: a provider that opens trades locally costs one durable write per
+/// order, not two. `outbox`: announce the opening's webhook events, as
+/// [`apply_transition`] would.
+pub async fn create_order_opened(
+    store: &Store,
+    order: Order,
+    opened: Option<(Order, TimelineEntry)>,
+    upgrade: Option<crate::model::UpgradePricing>,
+    outbox: bool,
+) -> Result<Order, CommandError> {
     run(store, move |ctx| {
         if ctx.get(&ORDERS, &order.order_no)?.is_some() {
             return Err(CommandError::AlreadyExists);
@@ -74,7 +89,6 @@ pub async fn create_order_priced(
         if let Some(u) = &upgrade {
             ctx.put(&UPGRADES, &order.order_no, u);
         }
-        ctx.put(&ORDERS, &order.order_no, &order);
         ctx.put(
             &USER_ORDERS,
             &(
@@ -84,15 +98,6 @@ pub async fn create_order_priced(
             ),
             &Marker,
         );
-        for (kind, t) in order.timers.iter() {
-            ctx.put(
-                &DEADLINES,
-                &deadline_key(&order.order_no, kind, t.at),
-                &DeadlineRef {
-                    generation: t.generation,
-                },
-            );
-        }
         ctx.put(
             &TIMELINE,
             &(order.order_no.clone(), order.version),
@@ -105,7 +110,28 @@ pub async fn create_order_priced(
                 reason: None,
             },
         );
-        Ok(order)
+        let stored = match opened {
+            None => order,
+            Some((mut next, entry)) => {
+                next.version = order.version + 1;
+                ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
+                if outbox {
+                    crate::outbox::record_transition(ctx, &order, &next)?;
+                }
+                next
+            }
+        };
+        for (kind, t) in stored.timers.iter() {
+            ctx.put(
+                &DEADLINES,
+                &deadline_key(&stored.order_no, kind, t.at),
+                &DeadlineRef {
+                    generation: t.generation,
+                },
+            );
+        }
+        ctx.put(&ORDERS, &stored.order_no, &stored);
+        Ok(stored)
     })
     .await
 }

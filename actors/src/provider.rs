@@ -1,7 +1,9 @@
 //! The port every payment provider adapter implements.
 //!
-//! Every method is required: a provider that cannot refund says so in its own code
-//! path with a real error, never through a default that fails at run time. Adapters
+//! Every call is required: a provider that cannot refund says so in its own code
+//! path with a real error, never through a default that fails at run time. The one
+//! default, [`PaymentProvider::open_locally`], is a capability (opening a trade
+//! without a network call) that only the mock has. Adapters
 //! translate wire formats into these types; the order machine sees only
 //! [`QueryOutcome`] and [`CloseOutcome`].
 
@@ -52,6 +54,21 @@ pub struct TradeRequest {
     pub client_ip: Option<String>,
 }
 
+impl TradeRequest {
+    /// The request that opens `order`'s trade (or re-issues its code).
+    pub fn for_order(order: &crate::model::Order) -> TradeRequest {
+        TradeRequest {
+            order_no: order.order_no.clone(),
+            method: order.payment_method,
+            amount_minor: order.amount_minor,
+            currency: order.currency.clone(),
+            description: order.package.name.clone(),
+            expire_at: order.expire_at,
+            client_ip: order.client_ip.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenedTrade {
     pub qr_code_url: Option<String>,
@@ -96,6 +113,13 @@ pub trait PaymentProvider: Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;
     /// Opens the trade, or returns the QR code of the same trade again.
     fn create(&self, request: TradeRequest) -> ProviderFuture<'_, OpenedTrade>;
+    /// Opens the trade without a network call or a write of the provider's own, when
+    /// the provider can (the mock, whose trades are implied by their orders): then
+    /// the new order is stored with its trade already open, in one storage command.
+    /// Real providers must be called after the order is durable, so they keep `None`.
+    fn open_locally(&self, _request: &TradeRequest) -> Option<OpenedTrade> {
+        None
+    }
     fn query(&self, trade: TradeRef) -> ProviderFuture<'_, QueryOutcome>;
     fn close(&self, trade: TradeRef) -> ProviderFuture<'_, CloseOutcome>;
     fn refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome>;

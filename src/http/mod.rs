@@ -54,6 +54,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// What the order actors share (the store, providers, clock, policy, observers).
+    pub deps: Arc<payd_actors::order::Deps>,
     pub providers: Providers,
     pub clock: SharedClock,
     pub jwt: Arc<Jwt>,

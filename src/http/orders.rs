@@ -9,6 +9,7 @@ use payd_actors::model::{
     Actor, Order, OrderStatus, PackageSnapshot, PaymentMethod, ProviderKind, Timer, Timers,
 };
 use payd_actors::order::actor::OrderCommand;
+use payd_actors::order::create::{self, Created};
 use payd_actors::order::machine::Event;
 use payd_actors::tables::{ENTITLEMENTS, ORDERS, PACKAGES};
 use serde::Deserialize;
@@ -301,10 +302,16 @@ async fn create_order_inner(
         retry_count: 0,
         version: 0,
     };
-    let order = commands::create_order_priced(&state.store, order, upgrade.clone()).await?;
-    tracing::info!(order_no = %order.order_no, user_id = %order.user_id, package_id = %order.package_id,
-        method = method.as_str(), amount_minor = order.amount_minor, "order created");
-    let opened = state.ask(&order.order_no, OrderCommand::OpenTrade).await?;
+    let opened = match create::create(&state.deps, order, upgrade.clone()).await? {
+        Created::Opened(order) => {
+            log_created(&order);
+            order
+        }
+        Created::NeedsTrade(order) => {
+            log_created(&order);
+            state.ask(&order.order_no, OrderCommand::OpenTrade).await?
+        }
+    };
     let json = serde_json::to_string(&OrderView::from(&opened).with_upgrade(upgrade.as_ref()))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut response = (StatusCode::CREATED, json.clone()).into_response();
@@ -312,6 +319,11 @@ async fn create_order_inner(
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
     Ok((json, response))
+}
+
+fn log_created(order: &Order) {
+    tracing::info!(order_no = %order.order_no, user_id = %order.user_id, package_id = %order.package_id,
+        method = order.payment_method.as_str(), amount_minor = order.amount_minor, "order created");
 }
 
 /// Prices an upgrade to `target`: its list price minus the unused, prorated value of

@@ -1,7 +1,10 @@
 //! The mock provider: behaves like a real one without the network.
 //!
 //! Its trades are kept in storage (`mock_trades`), so a payment made with
-//! `notify=false` is still found by polling after a restart. The QR code points at
+//! `notify=false` is still found by polling after a restart. A trade is opened
+//! locally (no call, no write of its own: it is stored with its order) and its
+//! record is written the first time something happens to it — paid, failed or
+//! closed; until then the order alone says the trade exists and is unpaid. The QR code points at
 //! the cashier page `/mock/pay/{order_no}`; "pay" there (or through the API's mock
 //! routes) marks the trade paid and delivers a confirmation through the same path a
 //! verified provider callback takes. A closed trade can still be "paid" here, on
@@ -14,7 +17,8 @@ use payd_actors::provider::{
     CloseOutcome, OpenedTrade, PaymentProvider, ProviderError, ProviderFuture, QueryOutcome,
     RefundOutcome, RefundRequest, RefundStatus, TradeRef, TradeRequest,
 };
-use payd_storage::{Record, StorageError, Store, Table};
+use payd_actors::tables::ORDERS;
+use payd_storage::{Record, StorageError, Store, Table, WriteCtx};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,24 @@ impl MockProvider {
         format!("{}/mock/pay/{}", self.base_url, order_no)
     }
 
+    /// The trade's QR code or payment URL: the cashier page.
+    fn opened(&self, request: &TradeRequest) -> OpenedTrade {
+        let url = self.cashier_url(&request.order_no);
+        if request.method.is_qr() {
+            OpenedTrade {
+                qr_code_url: Some(url),
+                payment_url: None,
+                trade_ref: None,
+            }
+        } else {
+            OpenedTrade {
+                qr_code_url: None,
+                payment_url: Some(url),
+                trade_ref: None,
+            }
+        }
+    }
+
     /// The buyer pays: the trade is marked paid (durably) and the payment returned,
     /// ready to be delivered as a confirmation.
     pub async fn pay(
@@ -73,7 +95,7 @@ impl MockProvider {
         let order_no = order_no.to_string();
         self.store
             .submit(move |ctx| {
-                let Some(mut trade) = ctx.get(&MOCK_TRADES, &order_no)? else {
+                let Some(mut trade) = trade_of(ctx, &order_no)? else {
                     return Ok(None);
                 };
                 let tx = transaction_id
@@ -105,7 +127,7 @@ impl MockProvider {
         let order_no = order_no.to_string();
         self.store
             .submit(move |ctx| {
-                let Some(mut trade) = ctx.get(&MOCK_TRADES, &order_no)? else {
+                let Some(mut trade) = trade_of(ctx, &order_no)? else {
                     return Ok(false);
                 };
                 if trade.paid.is_none() {
@@ -116,6 +138,24 @@ impl MockProvider {
             })
             .await?
     }
+}
+
+/// The order's mock trade: its record, or — before anything happened to it — the
+/// unpaid trade its mock order implies. `None` when there is no such mock order.
+fn trade_of(ctx: &mut WriteCtx<'_>, order_no: &String) -> Result<Option<MockTrade>, StorageError> {
+    if let Some(trade) = ctx.get(&MOCK_TRADES, order_no)? {
+        return Ok(Some(trade));
+    }
+    Ok(ctx
+        .get(&ORDERS, order_no)?
+        .filter(|o| o.provider == ProviderKind::Mock)
+        .map(|o| MockTrade {
+            order_no: o.order_no,
+            amount_minor: o.amount_minor,
+            currency: o.currency,
+            state: MockTradeState::NotPaid,
+            paid: None,
+        }))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -132,40 +172,11 @@ impl PaymentProvider for MockProvider {
     }
 
     fn create(&self, request: TradeRequest) -> ProviderFuture<'_, OpenedTrade> {
-        Box::pin(async move {
-            let order_no = request.order_no.clone();
-            let fresh = MockTrade {
-                order_no: order_no.clone(),
-                amount_minor: request.amount_minor,
-                currency: request.currency.clone(),
-                state: MockTradeState::NotPaid,
-                paid: None,
-            };
-            self.store
-                .submit(move |ctx| {
-                    if ctx.get(&MOCK_TRADES, &order_no)?.is_none() {
-                        ctx.put(&MOCK_TRADES, &order_no, &fresh);
-                    }
-                    Ok::<_, StorageError>(())
-                })
-                .await
-                .and_then(|r| r)
-                .map_err(storage_err)?;
-            let url = self.cashier_url(&request.order_no);
-            Ok(if request.method.is_qr() {
-                OpenedTrade {
-                    qr_code_url: Some(url),
-                    payment_url: None,
-                    trade_ref: None,
-                }
-            } else {
-                OpenedTrade {
-                    qr_code_url: None,
-                    payment_url: Some(url),
-                    trade_ref: None,
-                }
-            })
-        })
+        Box::pin(async move { Ok(self.opened(&request)) })
+    }
+
+    fn open_locally(&self, request: &TradeRequest) -> Option<OpenedTrade> {
+        Some(self.opened(request))
     }
 
     fn query(&self, trade: TradeRef) -> ProviderFuture<'_, QueryOutcome> {
@@ -202,7 +213,7 @@ impl PaymentProvider for MockProvider {
             let order_no = trade.order_no.clone();
             self.store
                 .submit(move |ctx| {
-                    let Some(mut t) = ctx.get(&MOCK_TRADES, &order_no)? else {
+                    let Some(mut t) = trade_of(ctx, &order_no)? else {
                         return Ok(CloseOutcome::Closed);
                     };
                     if t.paid.is_some() {

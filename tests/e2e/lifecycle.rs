@@ -130,6 +130,11 @@ async fn an_idle_actor_is_passivated_and_reactivated_by_a_later_request() {
     .await;
     let u = app.token("leo");
     let no = order_no(&app.order(&u, "basic", "mock").await);
+    // The mock opens its trade with the order: no actor was needed for that.
+    assert_eq!(app.stats().await.live_actors, 0);
+    // A fresh QR code is the order actor's work: it is activated for it.
+    let (status, _) = app.post(&format!("/api/v1/orders/{no}/qr"), &u, None).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(app.stats().await.live_actors, 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while app.stats().await.live_actors > 0 {

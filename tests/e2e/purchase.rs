@@ -196,3 +196,42 @@ async fn concurrent_requests_with_one_idempotency_key_create_one_order() {
     assert_eq!(list["total"], 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mock_order_is_stored_with_its_open_trade_in_one_durable_write() {
+    let app = TestApp::spawn().await;
+    let u = app.token("olga");
+    let store = app.app().state().store.clone();
+    let before = store.stats();
+    let order = app.order(&u, "coins_100", "mock").await;
+    let after = store.stats();
+    // One storage command answers the request: the order and its opened trade.
+    assert_eq!(
+        after.commands - before.commands,
+        1,
+        "{before:?} → {after:?}"
+    );
+    let no = order_no(&order);
+    assert!(
+        order["qr_code_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/mock/pay/{no}"))
+    );
+    // The history still shows both steps, and the trade is payable.
+    let admin = app.admin_token();
+    let (_, detail) = app.get(&format!("/api/v1/admin/orders/{no}"), &admin).await;
+    let events: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "trade_opened"]);
+    let stored = app.stored_order(&no);
+    assert!(stored.trade_opened);
+    assert_eq!(stored.version, 1);
+    let (status, paid) = app.pay(&u, &no, "").await;
+    assert_eq!((status, &paid["status"]), (StatusCode::OK, &json!("paid")));
+    app.stop().await;
+}

@@ -284,22 +284,7 @@ async fn apply_logged(
     let before = st.order.clone();
     let transition = step(&before, event, now, &st.deps.policy)?;
     if transition.next != before {
-        let next = &transition.next;
-        let refund_states = |o: &Order| o.refunds.iter().map(|r| r.state).collect::<Vec<_>>();
-        let notable = next.status != before.status
-            || next.payments.len() != before.payments.len()
-            || next.closing != before.closing
-            || next.trade_opened != before.trade_opened
-            || next.anomalies != before.anomalies
-            || refund_states(next) != refund_states(&before);
-        let timeline = notable.then(|| TimelineEntry {
-            at: now,
-            from: before.status,
-            to: next.status,
-            event: event_name.to_string(),
-            actor,
-            reason: next.failure_reason.clone(),
-        });
+        let timeline = timeline_entry(&before, &transition.next, event_name, actor, now);
         let refund_ops = transition
             .effects
             .iter()
@@ -346,6 +331,32 @@ async fn apply_logged(
         dispatch(myself, st, effect);
     }
     Ok(())
+}
+
+/// The timeline entry of a transition from `before` to `next`, when it is one a
+/// reader of the order's history would want to see.
+pub(crate) fn timeline_entry(
+    before: &Order,
+    next: &Order,
+    event_name: &str,
+    actor: crate::model::Actor,
+    now: crate::model::Timestamp,
+) -> Option<TimelineEntry> {
+    let refund_states = |o: &Order| o.refunds.iter().map(|r| r.state).collect::<Vec<_>>();
+    let notable = next.status != before.status
+        || next.payments.len() != before.payments.len()
+        || next.closing != before.closing
+        || next.trade_opened != before.trade_opened
+        || next.anomalies != before.anomalies
+        || refund_states(next) != refund_states(before);
+    notable.then(|| TimelineEntry {
+        at: now,
+        from: before.status,
+        to: next.status,
+        event: event_name.to_string(),
+        actor,
+        reason: next.failure_reason.clone(),
+    })
 }
 
 fn trade_ref(order: &Order) -> TradeRef {
@@ -418,16 +429,7 @@ fn dispatch(myself: &ActorRef<OrderMsg>, st: &mut OrderState, effect: Effect) {
 }
 
 fn spawn_create(myself: &ActorRef<OrderMsg>, st: &mut OrderState) {
-    let o = &st.order;
-    let request = TradeRequest {
-        order_no: o.order_no.clone(),
-        method: o.payment_method,
-        amount_minor: o.amount_minor,
-        currency: o.currency.clone(),
-        description: o.package.name.clone(),
-        expire_at: o.expire_at,
-        client_ip: o.client_ip.clone(),
-    };
+    let request = TradeRequest::for_order(&st.order);
     st.create_in_flight = true;
     spawn_call(myself, st, ProviderOp::Create, move |p| {
         Box::pin(async move {

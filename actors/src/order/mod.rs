@@ -10,6 +10,7 @@ use crate::clock::SharedClock;
 use crate::provider::Providers;
 
 pub mod actor;
+pub mod create;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;

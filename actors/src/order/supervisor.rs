@@ -111,6 +111,13 @@ impl Actor for OrderSupervisor {
             }
             #[cfg(feature = "fault-injection")]
             SupervisorMsg::InjectPanic(order_no) => {
+                // A passivated (or never activated) order is woken up to panic.
+                if !st.live.contains_key(&order_no)
+                    && !st.quarantined.contains(&order_no)
+                    && let Err(e) = activate(&myself, st, &order_no).await
+                {
+                    tracing::warn!(order_no = %order_no, error = %e, "no actor to panic");
+                }
                 if let Some(e) = st.live.get(&order_no) {
                     let _ = e.actor.cast(OrderMsg::Panic);
                 }
