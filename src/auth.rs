@@ -1,6 +1,9 @@
 //! JWT authentication: HS256 only, `exp` required, a small explicit leeway, optional
 //! `iss`/`aud` checks. Minting is here too, for `payd token` and the demo sign-in.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +37,18 @@ pub struct Jwt {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway: u64,
+    /// Tokens that passed every check, with their claims. A client sends the same
+    /// token with each request until it expires; checking its HMAC and parsing its
+    /// JSON again was a tenth of a request's CPU. Only `exp` can change its verdict
+    /// (the key, algorithm, issuer and audience are fixed for the process), so a hit
+    /// checks `exp` again and nothing else. Bounded by [`VERIFIED_CAP`].
+    verified: Mutex<HashMap<String, Claims>>,
 }
+
+/// At most this many remembered tokens (about 3 MB); when full, the memory starts
+/// over. Only validly signed tokens get in, so a flood of forgeries cannot evict.
+const VERIFIED_CAP: usize = 10_000;
 
 impl Jwt {
     pub fn new(cfg: &AuthConfig) -> Jwt {
@@ -58,10 +72,38 @@ impl Jwt {
             validation,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
+            leeway: cfg.leeway.as_secs(),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(verdict) = self.remembered(token, now) {
+            return verdict;
+        }
+        let claims = self.verify_fully(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CAP {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), claims.clone());
+        Ok(claims)
+    }
+
+    /// The verdict on a token verified before, as of `now` (seconds): its claims, or
+    /// `Expired` once `exp` (plus the leeway) has passed. `None`: not seen before.
+    fn remembered(&self, token: &str, now: u64) -> Option<Result<Claims, AuthError>> {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = verified.get(token)?;
+        if claims.exp.saturating_add(self.leeway) < now {
+            verified.remove(token);
+            return Some(Err(AuthError::Expired));
+        }
+        Some(Ok(claims.clone()))
+    }
+
+    fn verify_fully(&self, token: &str) -> Result<Claims, AuthError> {
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
             Ok(data) if data.claims.sub.is_empty() => Err(AuthError::Invalid("empty subject")),
             Ok(data) => Ok(data.claims),
@@ -217,5 +259,32 @@ mod tests {
         );
         // Minting carries the configured issuer and audience.
         assert!(strict.verify(&strict.mint("a", false, now(), 60)).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_forgery_is_never_remembered() {
+        let j = jwt(None, None);
+        let t = now();
+        let token = j.mint("a", false, t, 60);
+        assert!(j.verify(&token).is_ok());
+        // The second verdict comes from memory: the same claims now…
+        assert_eq!(j.remembered(&token, t).unwrap().unwrap().sub, "a");
+        // …within the leeway after `exp`, and expired past it.
+        assert!(j.remembered(&token, t + 64).unwrap().is_ok());
+        assert_eq!(j.remembered(&token, t + 66), Some(Err(AuthError::Expired)));
+        // Once expired it is forgotten, and a full check says expired too.
+        assert!(j.remembered(&token, t).is_none());
+        // A token signed with another key is refused every time and never remembered.
+        let other = Jwt::new(&AuthConfig {
+            jwt_secret: Secret::new("another-secret-of-32-bytes-length"),
+            leeway: Duration::from_secs(5),
+            issuer: None,
+            audience: None,
+        });
+        let forged = other.mint("a", true, t, 60);
+        for _ in 0..2 {
+            assert_eq!(j.verify(&forged), Err(AuthError::Invalid("bad signature")));
+        }
+        assert!(j.remembered(&forged, t).is_none());
     }
 }
