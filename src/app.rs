@@ -293,7 +293,7 @@ impl Application {
             None => tracing::info!("webhooks.url is not set: no events for the host application"),
         }
 
-        let state = AppState {
+        let state = AppState::new(http::AppStateInner {
             wechat,
             wechat_v2,
             stripe,
@@ -312,7 +312,7 @@ impl Application {
             providers,
             clock,
             mock,
-        };
+        });
         let listener = tokio::net::TcpListener::bind(config.server.bind)
             .await
             .with_context(|| format!("binding {}", config.server.bind))?;

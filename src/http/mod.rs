@@ -48,9 +48,26 @@ mod stripe;
 pub mod views;
 pub mod ws;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one shared [`AppStateInner`], so the clone that
+/// every handler and middleware takes is one reference count, not a copy of each
+/// field (the provider maps among them).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub store: Store,
     pub supervisor: ActorRef<SupervisorMsg>,
