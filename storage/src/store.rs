@@ -330,6 +330,9 @@ type StagedWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
 
 /// What a command sees: reads through the writer's transaction (which includes the
 /// commands before it in the batch), and writes staged until the command returns Ok.
+/// Staged writes a command can hold before lookups use an index.
+const STAGED_SCAN: usize = 16;
+
 pub struct WriteCtx<'a> {
     engine: &'a Engine,
     tx: &'a fjall::SingleWriterWriteTx<'a>,
@@ -340,7 +343,7 @@ pub struct WriteCtx<'a> {
 impl WriteCtx<'_> {
     pub fn get<K: Key, V: Record>(&self, table: &Table<K, V>, key: &K) -> Result<Option<V>> {
         let k = key.to_bytes();
-        if let Some(&i) = self.staged_index.get(&(table.name, k.clone())) {
+        if let Some(i) = self.staged_at(table.name, &k) {
             return match &self.staged[i].2 {
                 Some(bytes) => Ok(Some(decode_record(table.name, bytes)?)),
                 None => Ok(None),
@@ -380,15 +383,35 @@ impl WriteCtx<'_> {
         collect(table, iter, limit)
     }
 
+    /// Where the command staged a write to this key, if it did. Most commands stage
+    /// a handful of writes, which a scan finds faster than hashing the key; past
+    /// [`STAGED_SCAN`] writes (restores, pruning batches) an index takes over.
+    fn staged_at(&self, table: &'static str, key: &[u8]) -> Option<usize> {
+        if self.staged.len() <= STAGED_SCAN {
+            return self
+                .staged
+                .iter()
+                .position(|(t, k, _)| *t == table && k.as_slice() == key);
+        }
+        self.staged_index.get(&(table, key.to_vec())).copied()
+    }
+
     fn stage(&mut self, table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
-        match self.staged_index.get(&(table, key.clone())) {
-            Some(&i) => self.staged[i].2 = value,
-            None => {
-                self.staged_index
-                    .insert((table, key.clone()), self.staged.len());
-                self.staged.push((table, key, value));
+        if let Some(i) = self.staged_at(table, &key) {
+            self.staged[i].2 = value;
+            return;
+        }
+        if self.staged.len() == STAGED_SCAN {
+            // From now on the index is kept: fill it with what was staged so far.
+            for (i, (t, k, _)) in self.staged.iter().enumerate() {
+                self.staged_index.insert((*t, k.clone()), i);
             }
         }
+        if self.staged.len() >= STAGED_SCAN {
+            self.staged_index
+                .insert((table, key.clone()), self.staged.len());
+        }
+        self.staged.push((table, key, value));
     }
 }
 
@@ -729,6 +752,44 @@ mod tests {
         assert_eq!(view.count_prefix(&LOG, &"u".to_string()), 200);
         let stats = store.stats();
         assert!(stats.commits <= 200 && stats.commands == 200);
+    }
+
+    #[tokio::test]
+    async fn a_command_reads_its_own_writes_before_and_after_it_stages_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // 40 keys written, rewritten and some deleted in one command: past the
+        // point where staged writes get an index, every read sees the last write.
+        let seen = store
+            .submit(|ctx| {
+                let mut seen = Vec::new();
+                for round in 0..3i64 {
+                    for i in 0..40i64 {
+                        let key = format!("k{i}");
+                        if round == 2 && i % 3 == 0 {
+                            ctx.delete(&BALANCES, &key);
+                        } else {
+                            ctx.put(&BALANCES, &key, &Balance(round * 100 + i));
+                        }
+                        seen.push(ctx.get(&BALANCES, &key)?.map(|b: Balance| b.0));
+                    }
+                }
+                Ok::<_, StorageError>(seen)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let expected: Vec<Option<i64>> = (0..3i64)
+            .flat_map(|round| {
+                (0..40i64).map(move |i| (round != 2 || i % 3 != 0).then_some(round * 100 + i))
+            })
+            .collect();
+        assert_eq!(seen, expected);
+        let view = store.read().unwrap();
+        for i in 0..40i64 {
+            let stored = view.get(&BALANCES, &format!("k{i}")).unwrap();
+            assert_eq!(stored.map(|b| b.0), (i % 3 != 0).then_some(200 + i), "k{i}");
+        }
     }
 
     #[tokio::test]
