@@ -459,16 +459,12 @@ impl payd_storage::Record for Order {
     const SCHEMA: u8 = 1;
 }
 
-#[cfg(test)]
 impl Order {
-    /// A pending mock order that nothing has happened to yet, for tests: order
-    /// `PD2611222033150000000000000000` of user `u1` for package `basic`, CNY, expiring
-    /// 30 minutes after `created_at`. Tests set the fields that matter to them.
-    pub(crate) fn for_tests(
-        package: PackageSnapshot,
-        amount_minor: i64,
-        created_at: Timestamp,
-    ) -> Order {
+    /// A pending mock order that nothing has happened to yet, for tests and
+    /// benchmarks: order `PD2611222033150000000000000000` of user `u1` for package
+    /// `basic`, CNY, expiring 30 minutes after `created_at`. Callers set the fields
+    /// that matter to them.
+    pub fn for_tests(package: PackageSnapshot, amount_minor: i64, created_at: Timestamp) -> Order {
         Order {
             order_no: "PD2611222033150000000000000000".into(),
             user_id: "u1".into(),
