@@ -19,6 +19,7 @@ mod purchase;
 mod races;
 mod recovery;
 mod refunds;
+mod storage_faults;
 mod stripe;
 mod stripe_sandbox;
 mod support;
