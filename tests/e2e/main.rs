@@ -10,6 +10,7 @@ mod browser;
 mod buyer;
 mod callback_log;
 mod crash;
+mod durability_audit;
 mod entitlements;
 mod lifecycle;
 mod logcheck;
