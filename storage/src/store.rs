@@ -36,6 +36,28 @@ pub struct StoreOptions {
     pub queue_depth: usize,
     /// Told about every batch that wrote something (metrics); `None`: nobody.
     pub commit_observer: Option<CommitObserver>,
+    /// The application's steps from one data format to the next. The format this
+    /// build writes is the highest `to` (at least the storage layer's own
+    /// [`FORMAT_VERSION`]); an older database is migrated at open, a newer one refused.
+    pub migrations: Vec<Migration>,
+}
+
+/// One step of the data format, run once when the store opens a database of an
+/// older format: in one transaction with the format bump, so a crash leaves either
+/// the old format with the old data or the new format with the new data.
+#[derive(Clone, Copy)]
+pub struct Migration {
+    /// The format this step produces; steps run in order of it.
+    pub to: u32,
+    /// What it changes, for the log.
+    pub what: &'static str,
+    pub run: fn(&mut WriteCtx<'_>) -> Result<()>,
+}
+
+impl std::fmt::Debug for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Migration(to {}: {})", self.to, self.what)
+    }
 }
 
 /// One committed (or failed) batch, as the writer saw it.
@@ -70,23 +92,33 @@ impl StoreOptions {
             max_batch: 512,
             queue_depth: 8192,
             commit_observer: None,
+            migrations: Vec::new(),
         }
+    }
+
+    /// The data format this build writes (and the newest it reads).
+    pub fn format_version(&self) -> u32 {
+        self.migrations
+            .iter()
+            .map(|m| m.to)
+            .fold(FORMAT_VERSION, u32::max)
     }
 }
 
-/// The on-disk layout version of payd's storage (key encodings, table set, envelope).
-/// A database written by a newer layout is refused at open instead of misread; an
-/// older one would be migrated here.
+/// The on-disk layout version of payd's storage (key encodings, table set, envelope)
+/// before any application migration. A database written by a newer format is
+/// refused at open instead of misread; an older one is migrated (see [`Migration`]).
 pub(crate) const FORMAT_VERSION: u32 = 1;
 const META_KEYSPACE: &str = "__payd_meta";
 
-fn check_format(db: &SingleWriterTxDatabase) -> Result<()> {
+/// The format of the database, stamping a fresh one with `current`.
+fn check_format(db: &SingleWriterTxDatabase, current: u32) -> Result<u32> {
     let meta = db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)?;
     match meta.get("format")? {
         None => {
-            meta.insert("format", FORMAT_VERSION.to_be_bytes())?;
+            meta.insert("format", current.to_be_bytes())?;
             db.persist(PersistMode::SyncAll)?;
-            Ok(())
+            Ok(current)
         }
         Some(v) => {
             let found = <[u8; 4]>::try_from(&v[..])
@@ -95,15 +127,57 @@ fn check_format(db: &SingleWriterTxDatabase) -> Result<()> {
                     table: META_KEYSPACE,
                     reason: "format version is not 4 bytes".into(),
                 })?;
-            if found > FORMAT_VERSION {
+            if found > current {
                 return Err(StorageError::NewerFormat {
                     found,
-                    supported: FORMAT_VERSION,
+                    supported: current,
                 });
             }
-            Ok(())
+            Ok(found)
         }
     }
+}
+
+/// Runs the migrations from `found` up to the current format, each in its own
+/// transaction together with its format bump.
+fn migrate(engine: &Engine, opts: &StoreOptions, found: u32) -> Result<()> {
+    let mut steps: Vec<&Migration> = opts.migrations.iter().filter(|m| m.to > found).collect();
+    steps.sort_by_key(|m| m.to);
+    let meta = engine
+        .db
+        .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)?;
+    for step in steps {
+        let started = Instant::now();
+        let mut tx = engine.db.write_tx().durability(Some(PersistMode::SyncAll));
+        let staged = {
+            let mut ctx = WriteCtx {
+                engine,
+                tx: &tx,
+                staged: Vec::new(),
+                staged_index: HashMap::new(),
+            };
+            (step.run)(&mut ctx)?;
+            ctx.staged
+        };
+        let writes = staged.len();
+        for (table, key, value) in staged {
+            let ks = engine.keyspace(table);
+            match value {
+                Some(v) => tx.insert(ks, key, v),
+                None => tx.remove(ks, key),
+            }
+        }
+        tx.insert(&meta, "format", step.to.to_be_bytes());
+        tx.commit()?;
+        tracing::warn!(
+            to = step.to,
+            what = step.what,
+            writes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "storage migrated to a newer data format"
+        );
+    }
+    Ok(())
 }
 
 /// A typed handle on one keyspace.
@@ -148,12 +222,14 @@ impl Engine {
             .cache_size(opts.cache_size_bytes)
             .max_journaling_size(opts.max_journal_size_bytes)
             .open()?;
-        check_format(&db)?;
+        let found = check_format(&db, opts.format_version())?;
         let mut keyspaces = HashMap::new();
         for &name in &opts.tables {
             keyspaces.insert(name, db.keyspace(name, KeyspaceCreateOptions::default)?);
         }
-        Ok(Engine { db, keyspaces })
+        let engine = Engine { db, keyspaces };
+        migrate(&engine, opts, found)?;
+        Ok(engine)
     }
 
     fn keyspace(&self, table: &'static str) -> &SingleWriterTxKeyspace {
@@ -422,6 +498,21 @@ impl WriteCtx<'_> {
             .tx
             .prefix(self.engine.keyspace(table.name), prefix.to_bytes());
         collect(table, iter, limit)
+    }
+
+    /// Every raw key and value of a table as the transaction sees it (staged writes of
+    /// the running command excluded): for migrations, which must read records of an
+    /// older schema that the typed reads refuse.
+    pub fn raw_entries(&self, table: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for guard in self
+            .tx
+            .prefix(self.engine.keyspace(table), Vec::<u8>::new())
+        {
+            let (k, v) = guard.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn stage(&mut self, table: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
@@ -1025,5 +1116,73 @@ mod tests {
         for (user, ack) in &acked {
             assert_eq!(view.get(&BALANCES, user).unwrap(), Some(Balance(*ack)));
         }
+    }
+
+    fn double_balances(ctx: &mut WriteCtx<'_>) -> Result<()> {
+        for (k, v) in ctx.raw_entries("balances")? {
+            let b: Balance = decode_record("balances", &v)?;
+            ctx.put_raw("balances", k, encode_record(&Balance(b.0 * 2)));
+        }
+        Ok(())
+    }
+
+    fn broken_migration(ctx: &mut WriteCtx<'_>) -> Result<()> {
+        double_balances(ctx)?;
+        Err(StorageError::Engine("migration failed half way".into()))
+    }
+
+    fn with_migration(
+        dir: &std::path::Path,
+        run: fn(&mut WriteCtx<'_>) -> Result<()>,
+    ) -> StoreOptions {
+        let mut opts = StoreOptions::new(dir, vec!["balances", "log"]);
+        opts.migrations.push(Migration {
+            to: 2,
+            what: "double balances",
+            run,
+        });
+        opts
+    }
+
+    #[tokio::test]
+    async fn an_older_format_is_migrated_once_and_a_failed_migration_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        add(&store, "a", 21).await.unwrap().unwrap();
+        store.shutdown().await;
+        drop(store);
+        // A migration that fails: refused at open, format and data as they were.
+        let err = Store::open(with_migration(dir.path(), broken_migration))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("half way"), "{err}");
+        let store = open(dir.path());
+        let view = store.read().unwrap();
+        assert_eq!(
+            view.get(&BALANCES, &"a".to_string()).unwrap(),
+            Some(Balance(21))
+        );
+        drop(view);
+        store.shutdown().await;
+        drop(store);
+        // The real one: applied once, then the database is format 2.
+        for _ in 0..2 {
+            let store = Store::open(with_migration(dir.path(), double_balances)).unwrap();
+            let view = store.read().unwrap();
+            assert_eq!(
+                view.get(&BALANCES, &"a".to_string()).unwrap(),
+                Some(Balance(42))
+            );
+            drop(view);
+            store.shutdown().await;
+        }
+        // A build without the migration no longer opens it.
+        assert!(matches!(
+            Store::open(StoreOptions::new(dir.path(), vec!["balances", "log"])).err(),
+            Some(StorageError::NewerFormat {
+                found: 2,
+                supported: 1
+            })
+        ));
     }
 }
