@@ -355,6 +355,11 @@ impl Store {
         Ok(Store { shared, tx })
     }
 
+    /// The data format this store writes (the database is migrated to it at open).
+    pub fn format_version(&self) -> u32 {
+        self.shared.opts.format_version()
+    }
+
     /// False after a failed write until the database has been reopened.
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)

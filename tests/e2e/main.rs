@@ -24,6 +24,7 @@ mod storage_faults;
 mod stripe;
 mod stripe_sandbox;
 mod support;
+mod upgrade;
 mod webhooks;
 mod wechat;
 mod wechat_sandbox;
