@@ -227,7 +227,8 @@ async fn nth_write_commit_or_sync_failing_stops_acknowledgements_and_loses_nothi
                     ledger.paid.extend(l.paid);
                     ledger.undelivered.extend(l.undelivered);
                 }
-                if !(a.0 && b.0) && !store.is_healthy() {
+                let refused = !a.0 || !b.0;
+                if refused && !store.is_healthy() {
                     break;
                 }
                 rounds += 1;
