@@ -210,9 +210,21 @@ fn parse(trace: &str) -> Vec<Call> {
                     .map(|(at, _)| r[..at].to_string())
             })
             .unwrap_or_default();
+        // The quoted data up to its closing quote (strace escapes quotes inside).
         let data = body
             .split_once('"')
-            .map(|(_, r)| r.chars().take(48).collect())
+            .map(|(_, r)| {
+                let mut out = String::new();
+                let mut escaped = false;
+                for ch in r.chars() {
+                    if ch == '"' && !escaped {
+                        break;
+                    }
+                    escaped = ch == '\\' && !escaped;
+                    out.push(ch);
+                }
+                out
+            })
             .unwrap_or_default();
         let ok = body
             .rsplit_once(" = ")

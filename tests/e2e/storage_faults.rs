@@ -393,7 +393,7 @@ async fn mock_purchase(client: &reqwest::Client, base: &str, token: &str) -> Opt
         .json(&json!({"package_id": "coins_100", "payment_method": "mock"}))
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("payd stopped answering (died at the file-size limit?): {e}"));
     if r.status() == StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
@@ -405,7 +405,7 @@ async fn mock_purchase(client: &reqwest::Client, base: &str, token: &str) -> Opt
         .bearer_auth(token)
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("payd stopped answering (died at the file-size limit?): {e}"));
     match r.status() {
         StatusCode::OK => Some(no),
         StatusCode::SERVICE_UNAVAILABLE => None,
@@ -468,7 +468,7 @@ async fn a_file_size_limit_like_a_full_disk_stops_acknowledgements_keeps_reads_a
         .bearer_auth(&token)
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("payd stopped answering (died at the file-size limit?): {e}"));
     assert_eq!(r.status(), StatusCode::OK, "reads refused on a full disk");
     let r = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
