@@ -1190,4 +1190,36 @@ mod tests {
             })
         ));
     }
+
+    /// Regression: while the disk stayed broken (every reopen failing), the writer had
+    /// already dropped the engine, so every read failed too (`Closed`).
+    #[tokio::test]
+    async fn reads_are_served_while_a_reopen_keeps_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        add(&store, "a", 7).await.unwrap().unwrap();
+        store.hold_reopen(true);
+        store.fail_next_commits(1);
+        assert!(matches!(
+            add(&store, "a", 1).await,
+            Err(StorageError::Unavailable)
+        ));
+        // Several failed reopen attempts later, reads still answer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!store.is_healthy());
+        let view = store.read().expect("reads served on a broken disk");
+        assert_eq!(
+            view.get(&BALANCES, &"a".to_string()).unwrap(),
+            Some(Balance(7))
+        );
+        drop(view);
+        store.hold_reopen(false);
+        for _ in 0..200 {
+            if store.is_healthy() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(add(&store, "a", 1).await.unwrap(), Ok(8));
+    }
 }

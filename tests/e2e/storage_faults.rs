@@ -414,7 +414,7 @@ async fn mock_purchase(client: &reqwest::Client, base: &str, token: &str) -> Opt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_size_limit_like_a_full_disk_stops_acknowledgements_keeps_reads_and_loses_nothing() {
+async fn file_size_limit_does_not_kill_payd_stops_acks_keeps_reads_loses_nothing() {
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
