@@ -71,6 +71,14 @@ pub fn package_from_seed(seed: &config::PackageSeed) -> anyhow::Result<Package> 
 
 /// Every table payd keeps: the domain's and the mock provider's. Backups cover
 /// exactly these.
+/// How payd opens its database at `path`: every table, and the migrations that bring
+/// an older data format up to this build's.
+pub fn store_options(path: &std::path::Path) -> StoreOptions {
+    let mut opts = StoreOptions::new(path, store_tables());
+    opts.migrations = payd_actors::migrations::migrations();
+    opts
+}
+
 pub fn store_tables() -> Vec<&'static str> {
     let mut tables: Vec<&'static str> = DOMAIN_TABLES.to_vec();
     tables.push(crate::providers::mock::MOCK_TRADES.name());
@@ -102,7 +110,7 @@ impl Application {
         let config = Arc::new(config);
         crate::security::check_key_files(&config)?;
         crate::metrics::init(&crate::monitor::known_currencies(&config));
-        let mut opts = StoreOptions::new(&config.storage.path, store_tables());
+        let mut opts = store_options(&config.storage.path);
         opts.cache_size_bytes = config.storage.cache_size_bytes;
         opts.max_journal_size_bytes = config.storage.max_journal_size_bytes;
         opts.commit_observer = Some(crate::metrics::commit_observer());

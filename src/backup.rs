@@ -7,7 +7,9 @@
 //! (a SHA-256 trailer), copied and uploaded as is, and it does not depend on
 //! fjall's on-disk format, so it is also the way to another storage engine.
 //!
-//! Format (integers big-endian): `PAYDBAK\0`, format version (u32, 1), taken-at
+//! Format (integers big-endian): `PAYDBAK\0`, format version (u32, 2), the data
+//! format of the database it was taken from (u32; absent in version 1, whose backups
+//! all hold data format 1), taken-at
 //! (i64 ms since the epoch), table count (u32); per table its name (u16 length +
 //! UTF-8), entry count (u64) and entries (u32 length + key, u32 length + value, the
 //! stored bytes exactly); then the SHA-256 of everything before it.
@@ -28,7 +30,7 @@ use payd_storage::{StorageError, Store, StoreOptions};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"PAYDBAK\0";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Entries per storage command when restoring.
 const RESTORE_BATCH: usize = 1000;
 /// fjall's lock file inside a database directory (fjall 3.1.13, `src/file.rs`).
@@ -69,6 +71,9 @@ pub struct BackupSummary {
     /// (table, entries), in file order.
     pub tables: Vec<(String, u64)>,
     pub bytes: u64,
+    /// The data format of the database it was taken from (see
+    /// `payd_storage::Migration`); a restore migrates it to this build's.
+    pub data_format: u32,
 }
 
 impl BackupSummary {
@@ -158,6 +163,8 @@ fn write_snapshot(
         w.write_all(MAGIC).map_err(io("writing the backup"))?;
         w.write_all(&FORMAT_VERSION.to_be_bytes())
             .map_err(io("writing the backup"))?;
+        w.write_all(&store.format_version().to_be_bytes())
+            .map_err(io("writing the backup"))?;
         w.write_all(&now.ms().to_be_bytes())
             .map_err(io("writing the backup"))?;
         w.write_all(&len_u32(tables.len()).map_err(io("writing the backup"))?)
@@ -198,6 +205,7 @@ fn write_snapshot(
         taken_at: now,
         tables: counts,
         bytes,
+        data_format: store.format_version(),
     })
 }
 
@@ -286,11 +294,15 @@ fn read_backup(
         return Err(bad("not a payd backup (wrong magic)"));
     }
     let version = be_u32(take(&mut r, 4)?);
-    if version != FORMAT_VERSION {
-        return Err(bad(&format!(
-            "format version {version}; this build reads {FORMAT_VERSION}"
-        )));
-    }
+    let data_format = match version {
+        1 => 1,
+        FORMAT_VERSION => be_u32(take(&mut r, 4)?),
+        _ => {
+            return Err(bad(&format!(
+                "format version {version}; this build reads up to {FORMAT_VERSION}"
+            )));
+        }
+    };
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&take(&mut r, 8)?);
     let taken_at = Timestamp(i64::from_be_bytes(ts));
@@ -332,6 +344,7 @@ fn read_backup(
         taken_at,
         tables,
         bytes: total,
+        data_format,
     })
 }
 
@@ -418,11 +431,31 @@ pub async fn restore(
             }
         }
     }
-    let store = Store::open(StoreOptions::new(&building, tables.clone()))?;
+    let newest = store_options(&building, tables.clone(), u32::MAX);
+    if checked.data_format > newest.format_version() {
+        return Err(BackupError::Format {
+            path: src.to_path_buf(),
+            reason: format!(
+                "taken from a newer payd (data format {}); this build reads up to data format {}",
+                checked.data_format,
+                newest.format_version()
+            ),
+        });
+    }
+    // Loaded as the data format it was taken at, then migrated like any database
+    // an older payd left behind.
+    let store = Store::open(store_options(
+        &building,
+        tables.clone(),
+        checked.data_format,
+    ))?;
     let written = load_into(&store, src, &tables).await;
     store.shutdown().await;
     drop(store);
     let backup = written?;
+    if checked.data_format < newest.format_version() {
+        Store::open(newest)?.shutdown().await;
+    }
     let moved_aside = if dir.exists() {
         if empty {
             std::fs::remove_dir(dir).map_err(io(format!("removing {}", dir.display())))?;
@@ -510,7 +543,7 @@ pub async fn export_offline(
     if !dir.join(FJALL_LOCK_FILE).exists() {
         return Err(BackupError::NoDatabase(dir.to_path_buf()));
     }
-    let store = Store::open(StoreOptions::new(dir, tables.clone()))?;
+    let store = Store::open(store_options(dir, tables.clone(), u32::MAX))?;
     let exported = {
         let store = store.clone();
         let dest = dest.to_path_buf();
@@ -520,6 +553,17 @@ pub async fn export_offline(
     };
     store.shutdown().await;
     exported?
+}
+
+/// How backups open a database: `tables`, and the migrations up to data format
+/// `up_to` (`u32::MAX`: all of this build's).
+fn store_options(dir: &Path, tables: Vec<&'static str>, up_to: u32) -> StoreOptions {
+    let mut opts = StoreOptions::new(dir, tables);
+    opts.migrations = payd_actors::migrations::migrations()
+        .into_iter()
+        .filter(|m| m.to <= up_to)
+        .collect();
+    opts
 }
 
 // ---- the command line ----

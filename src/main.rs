@@ -165,6 +165,7 @@ fn serve(cfg: config::Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        survive_file_size_limit();
         match Application::build(cfg).await {
             Ok(app) => {
                 app.run_until_signal().await;
@@ -177,4 +178,28 @@ fn serve(cfg: config::Config) -> ExitCode {
             }
         }
     })
+}
+
+/// A write past the process's file-size limit (`ulimit -f`, RLIMIT_FSIZE) raises
+/// SIGXFSZ, whose default action kills the process. payd handles it instead, so that
+/// write fails with EFBIG like a full disk: storage refuses writes (503), keeps
+/// serving reads and reopens once the limit is lifted, instead of dying mid-batch.
+fn survive_file_size_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        const SIGXFSZ: i32 = 25;
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::error!(
+                            "a write went past the file-size limit (SIGXFSZ); storage refuses writes until it is lifted"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot handle SIGXFSZ"),
+        }
+    }
 }

@@ -203,6 +203,10 @@ pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order
             }
         }
         next.version = stored.version + 1;
+        // The first transition out of pending settles the order, whatever came after.
+        next.settled_at = stored
+            .settled_at
+            .or((next.status != OrderStatus::Pending).then_some(next.updated_at));
         if let Some(entry) = timeline {
             ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
         }

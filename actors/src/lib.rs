@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod commands;
 pub mod hub;
+pub mod migrations;
 pub mod model;
 pub mod monitor;
 pub mod order;

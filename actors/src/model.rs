@@ -453,10 +453,13 @@ pub struct Order {
     pub retry_count: u32,
     /// Incremented on every persisted transition; numbers the timeline.
     pub version: u64,
+    /// When the order first left `pending` (paid, cancelled, expired or failed);
+    /// set by storage with the transition that did it. Schema 2.
+    pub settled_at: Option<Timestamp>,
 }
 
 impl payd_storage::Record for Order {
-    const SCHEMA: u8 = 1;
+    const SCHEMA: u8 = 2;
 }
 
 impl Order {
@@ -502,6 +505,7 @@ impl Order {
             poll_count: 0,
             retry_count: 0,
             version: 0,
+            settled_at: None,
         }
     }
 }

@@ -467,6 +467,7 @@ fn schemas() -> Value {
                 "status": {"type": "string", "enum": STATUSES},
                 "qr_code_url": string(), "qr_code_expire_at": time(), "payment_url": string(),
                 "expire_at": time(), "created_at": time(), "paid_at": time(), "cancelled_at": time(),
+                "settled_at": time(),
                 "provider_transaction_id": string(), "refunded_amount": integer(),
                 "failure_reason": string(), "late_payment": {"type": "boolean"}})),
         "OrderPage": page_of(reference("Order")),

@@ -299,6 +299,7 @@ async fn create_order_inner(
         timers,
         timer_generation: 2,
         poll_count: 0,
+        settled_at: None,
         retry_count: 0,
         version: 0,
     };

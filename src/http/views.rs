@@ -110,6 +110,9 @@ pub struct OrderView {
     pub paid_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled_at: Option<String>,
+    /// When the order first left pending (paid, cancelled, expired or failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_transaction_id: Option<String>,
     pub refunded_amount: i64,
@@ -155,6 +158,7 @@ impl From<&Order> for OrderView {
             created_at: rfc3339(o.created_at),
             paid_at: o.paid_at.map(rfc3339),
             cancelled_at: o.cancelled_at.map(rfc3339),
+            settled_at: o.settled_at.map(rfc3339),
             provider_transaction_id: o.provider_transaction_id.clone(),
             refunded_amount: o.refunded_amount_minor,
             failure_reason: o.failure_reason.clone(),

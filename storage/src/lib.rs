@@ -18,8 +18,11 @@ mod store;
 
 pub use codec::{Record, decode_record, encode_record};
 pub use key::{Key, KeyReader};
+#[cfg(any(test, feature = "fault-injection"))]
+pub use store::FaultPoint;
 pub use store::{
-    CommitObserver, CommitReport, ReadView, Store, StoreOptions, StoreStats, Table, WriteCtx,
+    CommitObserver, CommitReport, Migration, ReadView, Store, StoreOptions, StoreStats, Table,
+    WriteCtx,
 };
 
 /// Everything that can go wrong below the domain.

@@ -131,6 +131,15 @@ impl TestApp {
     /// notify URLs payd hands to providers are right, `replacements` applied to the
     /// base config and `extra` (provider tables) appended.
     pub(crate) async fn spawn_real(replacements: &[(&str, &str)], extra: &str) -> TestApp {
+        Self::spawn_real_in(tempfile::tempdir().unwrap(), replacements, extra).await
+    }
+
+    /// [`TestApp::spawn_real`] on a given data directory.
+    pub(crate) async fn spawn_real_in(
+        dir: tempfile::TempDir,
+        replacements: &[(&str, &str)],
+        extra: &str,
+    ) -> TestApp {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -148,7 +157,7 @@ impl TestApp {
             text = text.replacen(from, to, 1);
         }
         text.push_str(extra);
-        Self::start(text, Arc::new(tempfile::tempdir().unwrap())).await
+        Self::start(text, Arc::new(dir)).await
     }
 
     /// The base config with `extra` (new tables) appended.
