@@ -12,5 +12,6 @@ pub mod monitor;
 pub mod order;
 pub mod outbox;
 pub mod provider;
+pub mod reconcile;
 pub mod scheduler;
 pub mod tables;
