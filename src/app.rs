@@ -293,7 +293,29 @@ impl Application {
             None => tracing::info!("webhooks.url is not set: no events for the host application"),
         }
 
+        let mut sources: Vec<(
+            payd_actors::model::ProviderKind,
+            Arc<dyn crate::providers::statement::StatementSource>,
+        )> = Vec::new();
+        if let Some(w) = &wechat {
+            sources.push((
+                payd_actors::model::ProviderKind::WechatV3,
+                Arc::new(crate::reconcile::WechatV3Statements(w.clone())),
+            ));
+        }
+        let reconciler = Arc::new(crate::reconcile::Reconciler::new(
+            store.clone(),
+            supervisor.clone(),
+            clock.clone(),
+            sources,
+            config.providers.timeout + Duration::from_secs(5),
+        ));
+        background.push(crate::reconcile::spawn_daily(
+            reconciler.clone(),
+            &config.reconciliation.time,
+        ));
         let state = AppState {
+            reconciler,
             wechat,
             wechat_v2,
             stripe,

@@ -327,7 +327,11 @@ pub fn compare(
             discrepancies.len() - 1
         };
         let Some(order) = orders.get(&row.order_no) else {
-            add(DiscrepancyKind::UnknownOrder.as_str(), &row.currency, row.amount_minor);
+            add(
+                DiscrepancyKind::UnknownOrder.as_str(),
+                &row.currency,
+                row.amount_minor,
+            );
             found(
                 DiscrepancyKind::UnknownOrder,
                 None,
@@ -343,13 +347,15 @@ pub fn compare(
                     .payments
                     .iter()
                     .find(|p| p.transaction_id == row.transaction_id);
-                let (expected_amount, expected_currency) = match payment {
-                    Some(p) => (p.amount_minor, &p.currency),
-                    None => (order.amount_minor, &order.currency),
-                };
-                let differs = if row.currency != *expected_currency {
+                // Against the order's price, and against what payd recorded for this
+                // very transaction if it has it.
+                let differs = if row.currency != order.currency
+                    || payment.is_some_and(|p| p.currency != row.currency)
+                {
                     Some(DiscrepancyKind::CurrencyMismatch)
-                } else if row.amount_minor != expected_amount {
+                } else if row.amount_minor != order.amount_minor
+                    || payment.is_some_and(|p| p.amount_minor != row.amount_minor)
+                {
                     Some(DiscrepancyKind::AmountMismatch)
                 } else {
                     None
@@ -449,7 +455,12 @@ pub fn compare(
                     Some(r) if r.state != RefundState::Succeeded => {
                         let kind = DiscrepancyKind::RefundNotRecorded;
                         add(kind.as_str(), &row.currency, row.amount_minor);
-                        let i = found(kind, Some(r.amount_minor), Resolution::Repaired, String::new());
+                        let i = found(
+                            kind,
+                            Some(r.amount_minor),
+                            Resolution::Repaired,
+                            String::new(),
+                        );
                         repairs.push(Repair {
                             order_no: order.order_no.clone(),
                             event: Event::RefundResult {
@@ -561,12 +572,14 @@ pub fn compare(
         statement_rows: statement.rows.len() as u64,
         totals: totals
             .into_iter()
-            .map(|((category, currency), (count, amount_minor))| CategoryTotal {
-                category,
-                currency,
-                count,
-                amount_minor,
-            })
+            .map(
+                |((category, currency), (count, amount_minor))| CategoryTotal {
+                    category,
+                    currency,
+                    count,
+                    amount_minor,
+                },
+            )
             .collect(),
         fees: fees
             .into_iter()

@@ -17,6 +17,7 @@ mod monitoring;
 mod prometheus;
 mod purchase;
 mod races;
+mod reconcile;
 mod recovery;
 mod refunds;
 mod stripe;

@@ -111,6 +111,7 @@ impl WechatV2Sandbox {
         t.state = "SUCCESS".into();
         t.transaction_id = Some(format!("42000V2{}", &no[no.len() - 10..]));
         t.paid_amount = Some(amount.unwrap_or(t.amount));
+        t.paid_at = Some(crate::support::now_secs() as i64);
     }
 
     /// The payment notification fields of a paid trade (unsigned).
@@ -251,6 +252,7 @@ async fn unifiedorder(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response
         state: "NOTPAY".into(),
         transaction_id: None,
         paid_amount: None,
+        paid_at: None,
     });
     if t.state == "SUCCESS" {
         drop(trades);
@@ -307,6 +309,7 @@ async fn closeorder(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response {
         t.state = "SUCCESS".into();
         t.transaction_id = Some(format!("42000V2RACE{}", &no[no.len() - 6..]));
         t.paid_amount = Some(t.amount);
+        t.paid_at = Some(crate::support::now_secs() as i64);
     }
     let mut trades = sb.trades.lock().unwrap();
     let code = match trades.get_mut(&no) {

@@ -57,7 +57,10 @@ fn row(no: &str, tx: &str, amount: i64) -> StatementRow {
 }
 
 fn kinds(c: &Comparison) -> Vec<(DiscrepancyKind, Resolution)> {
-    c.discrepancies.iter().map(|d| (d.kind, d.resolution)).collect()
+    c.discrepancies
+        .iter()
+        .map(|d| (d.kind, d.resolution))
+        .collect()
 }
 
 #[test]
@@ -90,7 +93,11 @@ fn every_category_is_found_and_only_lost_payments_are_repaired() {
         ]
     );
     let repaired: Vec<&str> = c.repairs.iter().map(|r| r.order_no.as_str()).collect();
-    assert_eq!(repaired, ["B", "C"], "lost payments go to their orders, the rest is reported");
+    assert_eq!(
+        repaired,
+        ["B", "C"],
+        "lost payments go to their orders, the rest is reported"
+    );
     let matched = c.totals.iter().find(|t| t.category == "matched").unwrap();
     assert_eq!((matched.count, matched.amount_minor), (1, 100));
     assert_eq!(c.fees[0].fee_milli_minor, 600 + 600 + 594 + 30);
@@ -102,7 +109,9 @@ fn a_second_run_after_the_repair_reports_the_same_and_repairs_nothing() {
         .into_iter()
         .map(|o| (o.order_no.clone(), o))
         .collect();
-    let statement = Statement { rows: vec![row("B", "tB", 100)] };
+    let statement = Statement {
+        rows: vec![row("B", "tB", 100)],
+    };
     let first = compare(&statement, &orders, DAY, None);
     assert_eq!(first.repairs.len(), 1);
     // What the order actor does with the repair: the payment is on the order.
@@ -112,4 +121,39 @@ fn a_second_run_after_the_repair_reports_the_same_and_repairs_nothing() {
     assert!(second.repairs.is_empty());
     assert_eq!(kinds(&first), kinds(&second));
     assert_eq!(first.totals, second.totals);
+}
+
+#[test]
+fn a_mismatched_payment_is_reported_the_same_before_and_after_the_machine_records_it() {
+    let mut orders: HashMap<String, Order> = [order("C", 100)]
+        .into_iter()
+        .map(|o| (o.order_no.clone(), o))
+        .collect();
+    let statement = Statement {
+        rows: vec![row("C", "tC", 99)],
+    };
+    let first = compare(&statement, &orders, DAY, None);
+    assert_eq!(
+        first.repairs.len(),
+        1,
+        "the machine records the mismatch as an anomaly"
+    );
+    let mut c = orders.remove("C").unwrap();
+    c.payments.push(Payment {
+        transaction_id: "tC".into(),
+        amount_minor: 99,
+        currency: cny(),
+        paid_at: Timestamp(2_000_000),
+        recorded_at: Timestamp(2_000_000),
+        source: PaymentSource::Reconciliation,
+        disposition: PaymentDisposition::AmountMismatch,
+    });
+    orders.insert("C".into(), c);
+    let second = compare(&statement, &orders, DAY, None);
+    assert!(second.repairs.is_empty());
+    assert_eq!(kinds(&first), kinds(&second));
+    assert_eq!(
+        kinds(&second),
+        vec![(DiscrepancyKind::AmountMismatch, Resolution::Unresolved)]
+    );
 }
