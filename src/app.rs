@@ -303,6 +303,12 @@ impl Application {
                 Arc::new(crate::reconcile::WechatV3Statements(w.clone())),
             ));
         }
+        if let Some(a) = &alipay {
+            sources.push((
+                payd_actors::model::ProviderKind::Alipay,
+                Arc::new(crate::reconcile::AlipayStatements(a.clone())),
+            ));
+        }
         let reconciler = Arc::new(crate::reconcile::Reconciler::new(
             store.clone(),
             supervisor.clone(),

@@ -350,3 +350,19 @@ impl StatementSource for WechatV3Statements {
         Box::pin(self.0.trade_bill(day))
     }
 }
+
+pub struct AlipayStatements(pub Arc<crate::providers::alipay::Alipay>);
+
+impl StatementSource for AlipayStatements {
+    fn offset_hours(&self) -> i8 {
+        8
+    }
+    fn fetch(
+        &self,
+        day: StatementDay,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
+    > {
+        Box::pin(self.0.trade_bill(day))
+    }
+}

@@ -419,3 +419,153 @@ async fn a_wechat_bill_that_cannot_be_trusted_fails_the_run_and_changes_nothing(
     );
     app.stop().await;
 }
+
+async fn start_alipay() -> (TestApp, crate::alipay_sandbox::AlipaySandbox) {
+    let sandbox = crate::alipay_sandbox::AlipaySandbox::start().await;
+    let app = TestApp::spawn_real(&[], &crate::alipay::payd_config(&sandbox)).await;
+    (app, sandbox)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alipay_bill_zip_finds_the_lost_payment_and_reports_the_rest() {
+    use crate::alipay_sandbox::bill_row as alipay_row;
+    let (app, sandbox) = start_alipay().await;
+    let admin = app.admin_token();
+    let (ua, ub, ud) = (app.token("aa"), app.token("ab"), app.token("ad"));
+    // A: paid and notified, then refunded in part through payd: matched twice.
+    let a = order_no(&app.order(&ua, "basic", "alipay_qr").await);
+    sandbox.pay(&a, None);
+    sandbox.notify(&a).await;
+    app.wait_for_status(&ua, &a, "paid", Duration::from_secs(5))
+        .await;
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/admin/orders/{a}/refunds"),
+            &admin,
+            Some(json!({"amount": 190, "reason": "partial"})),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    wait_until("A's refund succeeds", || {
+        app.stored_order(&a)
+            .refunds
+            .iter()
+            .all(|r| r.state == RefundState::Succeeded)
+    })
+    .await;
+    // B: paid at Alipay; every notify and query lost; payd expired it.
+    let b = order_no(&app.order(&ub, "basic", "alipay_qr").await);
+    sandbox.sb.unseen.lock().unwrap().push(b.clone());
+    let b_trade = sandbox.pay(&b, None);
+    app.wait_for_status(&ub, &b, "expired", Duration::from_secs(15))
+        .await;
+    // D: paid in payd, missing from the bill.
+    let d = order_no(&app.order(&ud, "coins_100", "alipay_qr").await);
+    sandbox.pay(&d, None);
+    sandbox.notify(&d).await;
+    app.wait_for_status(&ud, &d, "paid", Duration::from_secs(5))
+        .await;
+    {
+        let mut bill = sandbox.sb.bill.lock().unwrap();
+        bill.hide_orders.push(d.clone());
+        let a_trade = sandbox.trade(&a).unwrap().trade_no;
+        bill.extra_rows
+            .push(alipay_row(&a_trade, &a, 300, Some("REFUND-AT-ALIPAY")));
+        bill.extra_rows.push(alipay_row(
+            "2026000000UNKNOWN",
+            "PD000000000000ALIPAYUNKNOWN00",
+            100,
+            None,
+        ));
+    }
+    let today = beijing_today();
+    let before_untrusted = money_state(&app);
+    for (fault, reason) in [
+        (
+            crate::alipay_sandbox::BillFault::TruncatedZip,
+            "does not open",
+        ),
+        (crate::alipay_sandbox::BillFault::Utf8Inside, "UTF-8"),
+        (
+            crate::alipay_sandbox::BillFault::UnknownColumn,
+            "unknown column \"花呗分期（元）\"",
+        ),
+    ] {
+        sandbox.sb.bill.lock().unwrap().fault = Some(fault);
+        let (status, body) = run(&app, "alipay", &today).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{fault:?}: {body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains(reason),
+            "{fault:?}: {body}"
+        );
+        assert_eq!(
+            app.stored_order(&b).status,
+            OrderStatus::Expired,
+            "{fault:?} repaired"
+        );
+    }
+    assert!(
+        money_state(&app) == before_untrusted,
+        "an untrusted bill changed orders"
+    );
+    sandbox.sb.bill.lock().unwrap().fault = None;
+
+    let (status, first) = run(&app, "alipay", &today).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let mut want = vec![
+        (
+            "paid_not_recorded".to_string(),
+            b.clone(),
+            "repaired".to_string(),
+        ),
+        ("missing_at_provider".into(), d.clone(), "unresolved".into()),
+        ("refund_not_recorded".into(), a.clone(), "unresolved".into()),
+        (
+            "unknown_order".into(),
+            "PD000000000000ALIPAYUNKNOWN00".into(),
+            "unresolved".into(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(discrepancies(&first), want, "{first:#}");
+    assert_eq!(total(&first, "matched"), (1, 990));
+    assert_eq!(total(&first, "matched_refund"), (1, 190));
+    // Alipay's fee: 0.6 % to the fen on trades (A, B, unknown), given back on refunds.
+    let fees = first["fees"][0]["fee_milli_minor"].as_i64().unwrap();
+    assert_eq!(fees, (6 + 6 + 1 - 1 - 2) * 1000, "{first}");
+    let evidence = first["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "paid_not_recorded")
+        .unwrap()["evidence"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        evidence.starts_with(&format!("{b_trade}\t,{b}\t,交易\t")),
+        "{evidence}"
+    );
+    let stored_b = app.stored_order(&b);
+    assert_eq!(stored_b.status, OrderStatus::Paid);
+    assert!(stored_b.late_payment && stored_b.granted);
+    assert_eq!(
+        app.entitlements(&ub).await["membership"]["queries_remaining"],
+        100
+    );
+
+    let before = money_state(&app);
+    let (status, second) = run(&app, "alipay", &today).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(discrepancies(&second), discrepancies(&first));
+    assert_eq!(second["totals"], first["totals"]);
+    assert!(
+        money_state(&app) == before,
+        "a re-run changed orders or entitlements"
+    );
+    app.stop().await;
+}
