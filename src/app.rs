@@ -309,6 +309,12 @@ impl Application {
                 Arc::new(crate::reconcile::AlipayStatements(a.clone())),
             ));
         }
+        if let Some(s) = &stripe {
+            sources.push((
+                payd_actors::model::ProviderKind::Stripe,
+                Arc::new(crate::reconcile::StripeStatements(s.clone())),
+            ));
+        }
         let reconciler = Arc::new(crate::reconcile::Reconciler::new(
             store.clone(),
             supervisor.clone(),

@@ -366,3 +366,19 @@ impl StatementSource for AlipayStatements {
         Box::pin(self.0.trade_bill(day))
     }
 }
+
+pub struct StripeStatements(pub Arc<crate::providers::stripe::Stripe>);
+
+impl StatementSource for StripeStatements {
+    fn offset_hours(&self) -> i8 {
+        0
+    }
+    fn fetch(
+        &self,
+        day: StatementDay,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
+    > {
+        Box::pin(self.0.balance_statement(day))
+    }
+}

@@ -42,6 +42,9 @@ pub struct StatementRow {
     /// The provider's fee on this row in thousandths of a minor unit (WeChat states
     /// fees to 0.00001 yuan); negative when a refund gives a fee back.
     pub fee_milli_minor: i64,
+    /// The fee's currency: the row's, except where the provider settles in another
+    /// (Stripe charges fees in the account's balance currency).
+    pub fee_currency: Currency,
     pub at: Timestamp,
     /// The row as the statement wrote it: the evidence of any discrepancy.
     pub raw: String,
@@ -307,7 +310,7 @@ pub fn compare(
     let mut statement_refunds: HashSet<&str> = HashSet::new();
 
     for row in &statement.rows {
-        *fees.entry(row.currency.clone()).or_default() += row.fee_milli_minor;
+        *fees.entry(row.fee_currency.clone()).or_default() += row.fee_milli_minor;
         let mut found = |kind: DiscrepancyKind,
                          payd_amount: Option<i64>,
                          resolution: Resolution,

@@ -569,3 +569,120 @@ async fn an_alipay_bill_zip_finds_the_lost_payment_and_reports_the_rest() {
     );
     app.stop().await;
 }
+
+fn utc_today() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_balance_transactions_are_paged_through_and_a_payment_payd_never_heard_of_is_granted()
+ {
+    // Polling every 30 s keeps payd's own queries out of the way: it never learns
+    // of B's payment except from the balance.
+    let (app, sandbox) = crate::stripe::start("60s", "30s").await;
+    let admin = app.admin_token();
+    *sandbox.sb.balance_page_max.lock().unwrap() = 2;
+    let (ua, ub, ud) = (app.token("sa"), app.token("sb"), app.token("sd"));
+    let a = order_no(&app.order(&ua, "usd_pack", "stripe_checkout").await);
+    let a_pi = sandbox.pay(&a, None, None);
+    sandbox.send_session(&a, "checkout.session.completed").await;
+    app.wait_for_status(&ua, &a, "paid", Duration::from_secs(5))
+        .await;
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/admin/orders/{a}/refunds"),
+            &admin,
+            Some(json!({"amount": 99, "reason": "partial"})),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    // Stripe completes the refund; payd learns it only from its own refund poll
+    // (every 30 s here), so for now it holds it as processing.
+    wait_until("Stripe completes A's refund", || {
+        sandbox
+            .sb
+            .refunds
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(
+        app.stored_order(&a).refunds[0].state,
+        RefundState::Processing
+    );
+    let d = order_no(&app.order(&ud, "usd_pack", "stripe_checkout").await);
+    let d_pi = sandbox.pay(&d, None, None);
+    sandbox.send_session(&d, "checkout.session.completed").await;
+    app.wait_for_status(&ud, &d, "paid", Duration::from_secs(5))
+        .await;
+    sandbox.sb.balance_hide.lock().unwrap().push(d_pi);
+    // B: paid by card; the webhook never came and payd has not asked yet.
+    let b = order_no(&app.order(&ub, "usd_pack", "stripe_checkout").await);
+    let b_pi = sandbox.pay(&b, None, None);
+    assert_eq!(app.stored_order(&b).status, OrderStatus::Pending);
+
+    let today = utc_today();
+    let (status, first) = run(&app, "stripe", &today).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let mut want = vec![
+        (
+            "paid_not_recorded".to_string(),
+            b.clone(),
+            "repaired".to_string(),
+        ),
+        ("missing_at_provider".into(), d.clone(), "unresolved".into()),
+        ("refund_not_recorded".into(), a.clone(), "repaired".into()),
+    ];
+    want.sort();
+    assert_eq!(discrepancies(&first), want, "{first:#}");
+    assert_eq!(total(&first, "matched"), (1, 499));
+    // The refund payd still held as processing is recorded as succeeded, as the
+    // refund poll would have done.
+    assert_eq!(total(&first, "refund_not_recorded"), (1, 99));
+    assert_eq!(
+        app.stored_order(&a).refunds[0].state,
+        RefundState::Succeeded
+    );
+    assert_eq!(
+        first["statement_rows"], 3,
+        "A's charge and refund, B's charge"
+    );
+    assert_eq!(
+        first["fees"],
+        json!([{"currency": "USD", "fee_milli_minor": 2 * (14 + 30) * 1000}])
+    );
+    // Three transactions two to a page: payd asked twice, the second after the first page's last id.
+    let pages: Vec<String> = sandbox
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/v1/balance_transactions"))
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    assert!(pages[1].contains("starting_after=txn_"), "{pages:?}");
+    // B: paid through the machine's ordinary path, granted once, its PaymentIntent recorded.
+    let stored_b = app.stored_order(&b);
+    assert_eq!(stored_b.status, OrderStatus::Paid);
+    assert!(!stored_b.late_payment && stored_b.granted);
+    assert_eq!(
+        stored_b.provider_transaction_id.as_deref(),
+        Some(b_pi.as_str())
+    );
+    assert_eq!(app.entitlements(&ub).await["points"], 50);
+    assert_ne!(a_pi, b_pi);
+
+    let before = money_state(&app);
+    let (status, second) = run(&app, "stripe", &today).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(discrepancies(&second), discrepancies(&first));
+    assert_eq!(second["totals"], first["totals"]);
+    assert!(
+        money_state(&app) == before,
+        "a re-run changed orders or entitlements"
+    );
+    assert_eq!(app.entitlements(&ub).await["points"], 50);
+    app.stop().await;
+}

@@ -50,6 +50,7 @@ fn row(no: &str, tx: &str, amount: i64) -> StatementRow {
         provider_refund_id: None,
         amount_minor: amount,
         currency: cny(),
+        fee_currency: cny(),
         fee_milli_minor: 600 * amount / 100,
         at: Timestamp(2_000_000),
         raw: format!("{no},{tx},{amount}"),

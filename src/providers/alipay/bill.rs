@@ -251,6 +251,7 @@ pub fn parse_detail(text: &str) -> Result<Statement, StatementError> {
             provider_refund_id: None,
             amount_minor,
             currency: cny.clone(),
+            fee_currency: cny.clone(),
             fee_milli_minor: -fee * 1000,
             at: at_time,
             raw: line.to_string(),

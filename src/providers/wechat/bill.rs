@@ -176,6 +176,7 @@ pub fn parse_trade_bill(text: &str) -> Result<Statement, StatementError> {
                 .then(|| get(REFUND_ID).to_string())
                 .filter(|s| !s.is_empty()),
             amount_minor,
+            fee_currency: currency.clone(),
             currency,
             fee_milli_minor,
             at: at_time,
