@@ -303,6 +303,12 @@ impl Application {
                 Arc::new(crate::reconcile::WechatV3Statements(w.clone())),
             ));
         }
+        if let Some(w) = &wechat_v2 {
+            sources.push((
+                payd_actors::model::ProviderKind::WechatV2,
+                Arc::new(crate::reconcile::WechatV2Statements(w.clone())),
+            ));
+        }
         if let Some(a) = &alipay {
             sources.push((
                 payd_actors::model::ProviderKind::Alipay,

@@ -382,3 +382,19 @@ impl StatementSource for StripeStatements {
         Box::pin(self.0.balance_statement(day))
     }
 }
+
+pub struct WechatV2Statements(pub Arc<crate::providers::wechat::v2::WechatV2>);
+
+impl StatementSource for WechatV2Statements {
+    fn offset_hours(&self) -> i8 {
+        8
+    }
+    fn fetch(
+        &self,
+        day: StatementDay,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
+    > {
+        Box::pin(self.0.trade_bill(day))
+    }
+}

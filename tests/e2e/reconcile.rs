@@ -686,3 +686,63 @@ async fn stripe_balance_transactions_are_paged_through_and_a_payment_payd_never_
     assert_eq!(app.entitlements(&ub).await["points"], 50);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_v2_downloadbill_finds_the_lost_payment_and_a_missing_day_is_refused() {
+    let (app, sandbox) = crate::wechat_v2::start("4s").await;
+    let (ua, ub, ud) = (app.token("va"), app.token("vb"), app.token("vd"));
+    let a = order_no(&app.order(&ua, "basic", "wechat_native").await);
+    sandbox.pay(&a, None);
+    sandbox.notify(&a).await;
+    app.wait_for_status(&ua, &a, "paid", Duration::from_secs(5))
+        .await;
+    let d = order_no(&app.order(&ud, "coins_100", "wechat_native").await);
+    sandbox.pay(&d, None);
+    sandbox.notify(&d).await;
+    app.wait_for_status(&ud, &d, "paid", Duration::from_secs(5))
+        .await;
+    sandbox.sb.bill_hide.lock().unwrap().push(d.clone());
+    let b = order_no(&app.order(&ub, "basic", "wechat_native").await);
+    sandbox.sb.unseen.lock().unwrap().push(b.clone());
+    sandbox.pay(&b, None);
+    app.wait_for_status(&ub, &b, "expired", Duration::from_secs(15))
+        .await;
+
+    let today = beijing_today();
+    // `wechat` names whichever WeChat API the merchant is on.
+    let (status, first) = run(&app, "wechat", &today).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["provider"], "wechat_v2");
+    let mut want = vec![
+        (
+            "paid_not_recorded".to_string(),
+            b.clone(),
+            "repaired".to_string(),
+        ),
+        ("missing_at_provider".into(), d.clone(), "unresolved".into()),
+    ];
+    want.sort();
+    assert_eq!(discrepancies(&first), want, "{first:#}");
+    assert_eq!(total(&first, "matched"), (1, 990));
+    let stored_b = app.stored_order(&b);
+    assert!(stored_b.status == OrderStatus::Paid && stored_b.late_payment && stored_b.granted);
+    assert_eq!(
+        app.entitlements(&ub).await["membership"]["queries_remaining"],
+        100
+    );
+    let before = money_state(&app);
+    let (_, second) = run(&app, "wechat_v2", &today).await;
+    assert_eq!(discrepancies(&second), discrepancies(&first));
+    assert!(money_state(&app) == before);
+    // No bill that day: WeChat's XML FAIL, passed on.
+    let (status, body) = run(&app, "wechat_v2", "2001-01-01").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("No Bill Exist (20002)"),
+        "{body}"
+    );
+    app.stop().await;
+}
