@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use payd_actors::clock::SharedClock;
 use payd_actors::commands;
-use payd_actors::model::{Order, ProviderKind};
+use payd_actors::model::{Order, ProviderKind, Timestamp};
 use payd_actors::order::actor::OrderCommand;
 use payd_actors::order::supervisor::SupervisorMsg;
 use payd_actors::reconcile::{
@@ -88,19 +88,6 @@ impl Reconciler {
             .cloned()
     }
 
-    /// The statement day that closed most recently for each provider at `now`: the
-    /// day before today in the provider's time zone.
-    pub fn due_days(&self) -> Vec<(&'static str, String)> {
-        let now = self.clock.now();
-        self.sources
-            .iter()
-            .map(|(k, s)| {
-                let day = StatementDay::containing(now, s.offset_hours()).previous();
-                (k.as_str(), day.iso())
-            })
-            .collect()
-    }
-
     /// Reconciles `provider`'s statement of `date`.
     pub async fn run(&self, provider: &str, date: &str) -> Result<RunOutcome, RunError> {
         let (kind, source) = self
@@ -158,7 +145,7 @@ impl Reconciler {
         kind: ProviderKind,
         day: StatementDay,
         statement: Statement,
-        started_at: payd_actors::model::Timestamp,
+        started_at: Timestamp,
     ) -> Result<ReconReport, RunError> {
         let window = day.window();
         let view = self
@@ -254,26 +241,34 @@ impl Reconciler {
     }
 }
 
+/// The statement day due at `now` for a provider whose days are in UTC+`offset_hours`,
+/// with the daily run at `at_minutes` past local midnight: yesterday (local), once
+/// the local time of day has reached the run time; nothing before.
+pub fn due_day(now: Timestamp, at_minutes: i64, offset_hours: i8) -> Option<StatementDay> {
+    let local_ms = (now.ms() + i64::from(offset_hours) * 3_600_000).rem_euclid(86_400_000);
+    (local_ms >= at_minutes * 60_000)
+        .then(|| StatementDay::containing(now, offset_hours).previous())
+}
+
 /// Runs every provider's previous day once a day at `reconciliation.time`, in the
 /// statement's own time zone for WeChat and Alipay (Beijing) and UTC for Stripe. A
 /// day already completed is not run again; a failed one is retried hourly until it
-/// completes (statements can be late).
+/// completes (statements can be late). The first check comes a minute after start,
+/// so a restart is not slowed by a download.
 pub fn spawn_daily(reconciler: Arc<Reconciler>, time: &str) -> tokio::task::JoinHandle<()> {
     let (h, m) = time
         .split_once(':')
         .and_then(|(h, m)| Some((h.parse::<i64>().ok()?, m.parse::<i64>().ok()?)))
         .unwrap_or((10, 30));
-    let at_ms = (h * 60 + m) * 60_000;
+    let at_minutes = h * 60 + m;
     tokio::spawn(async move {
         loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
             let now = reconciler.clock.now();
             for (kind, source) in reconciler.sources.clone() {
-                let offset = source.offset_hours();
-                let local_ms = (now.ms() + i64::from(offset) * 3_600_000).rem_euclid(86_400_000);
-                if local_ms < at_ms {
+                let Some(day) = due_day(now, at_minutes, source.offset_hours()) else {
                     continue;
-                }
-                let day = StatementDay::containing(now, offset).previous();
+                };
                 let done = reconciler
                     .store
                     .read()
@@ -292,7 +287,6 @@ pub fn spawn_daily(reconciler: Arc<Reconciler>, time: &str) -> tokio::task::Join
                     tracing::error!(provider = kind.as_str(), error = %e, "daily reconciliation did not run");
                 }
             }
-            tokio::time::sleep(Duration::from_secs(60)).await;
         }
     })
 }
@@ -396,5 +390,180 @@ impl StatementSource for WechatV2Statements {
         Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
     > {
         Box::pin(self.0.trade_bill(day))
+    }
+}
+
+/// One line per run for the CLI.
+fn describe(r: &ReconReport) -> String {
+    match r.status {
+        RunStatus::Failed => format!(
+            "{} {}: failed: {}",
+            r.provider,
+            r.date,
+            r.failure.as_deref().unwrap_or("unknown reason")
+        ),
+        RunStatus::Completed => {
+            let repaired = r.discrepancies.len() - r.unresolved();
+            format!(
+                "{} {}: completed, {} statement rows, {} discrepancies ({} repaired, {} unresolved)",
+                r.provider,
+                r.date,
+                r.statement_rows,
+                r.discrepancies.len(),
+                repaired,
+                r.unresolved()
+            )
+        }
+    }
+}
+
+/// `payd reconcile --date YYYY-MM-DD [--provider NAME]`. While payd runs (it holds
+/// the database) the running server is asked through the admin API, with a
+/// short-lived admin token; otherwise payd is started in-process on a loopback port
+/// for the run and stopped again. `Err` when any run failed.
+pub async fn reconcile_command(
+    cfg: crate::config::Config,
+    date: &str,
+    provider: Option<String>,
+    url: Option<String>,
+) -> Result<String, String> {
+    let in_use = crate::backup::in_use(&cfg.storage.path).map_err(|e| e.to_string())?;
+    if !in_use {
+        let mut cfg = cfg;
+        cfg.server.bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.server.metrics_bind = None;
+        let app = crate::app::Application::build(cfg)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let reconciler = app.state().reconciler.clone();
+        let names: Vec<String> = match provider {
+            Some(p) => vec![p],
+            None => reconciler
+                .providers()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let mut lines = Vec::new();
+        let mut failed = false;
+        for name in names {
+            match reconciler.run(&name, date).await {
+                Ok(o) => {
+                    failed |= o.error.is_some();
+                    lines.push(describe(&o.report));
+                }
+                Err(e) => {
+                    failed = true;
+                    lines.push(format!("{name} {date}: {e}"));
+                }
+            }
+        }
+        app.stop().await;
+        if lines.is_empty() {
+            return Err("no provider with statements is configured".into());
+        }
+        let out = format!("(payd was not running)\n{}", lines.join("\n"));
+        return if failed { Err(out) } else { Ok(out) };
+    }
+    let base = url.unwrap_or_else(|| crate::backup::local_url(&cfg));
+    let base = base.trim_end_matches('/').to_string();
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let token = crate::auth::Jwt::new(&cfg.auth).mint("payd-reconcile-cli", true, now_secs, 600);
+    let client = reqwest::Client::new();
+    let unreachable = |e: reqwest::Error| {
+        format!(
+            "payd holds {} but does not answer at {base}: {} (use --url)",
+            cfg.storage.path.display(),
+            e.without_url()
+        )
+    };
+    let names: Vec<String> = match provider {
+        Some(p) => vec![p],
+        None => {
+            let list: serde_json::Value = client
+                .get(format!("{base}/api/v1/admin/reconciliations"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map_err(unreachable)?
+                .json()
+                .await
+                .map_err(|e| format!("payd's answer: {e}"))?;
+            list["providers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    };
+    if names.is_empty() {
+        return Err("no provider with statements is configured".into());
+    }
+    let mut lines = Vec::new();
+    let mut failed = false;
+    for name in names {
+        let resp = client
+            .post(format!("{base}/api/v1/admin/reconciliations"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"provider": name, "date": date}))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let ok = resp.status().is_success();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if ok {
+            lines.push(format!(
+                "{} {}: completed, {} statement rows, {} discrepancies ({} unresolved)",
+                body["provider"].as_str().unwrap_or(&name),
+                date,
+                body["statement_rows"],
+                body["discrepancies_count"],
+                body["unresolved"]
+            ));
+        } else {
+            failed = true;
+            lines.push(format!(
+                "{name} {date}: failed: {}",
+                body["detail"].as_str().unwrap_or("no detail")
+            ));
+        }
+    }
+    let out = lines.join("\n");
+    if failed { Err(out) } else { Ok(out) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::statement::wall_time;
+
+    #[test]
+    fn the_daily_run_takes_yesterday_of_the_statements_own_time_zone_once_its_time_has_come() {
+        let at = 10 * 60 + 30;
+        // 02:29 UTC is 10:29 in Beijing: not yet; 02:30 is: Beijing's 21st.
+        let t = |s: &str| wall_time(s, 0).unwrap();
+        assert_eq!(due_day(t("2026-11-22 02:29:59"), at, 8), None);
+        assert_eq!(
+            due_day(t("2026-11-22 02:30:00"), at, 8).unwrap().iso(),
+            "2026-11-21"
+        );
+        // 17:00 UTC is 01:00 on the 23rd in Beijing: the 22nd is not due until 10:30.
+        assert_eq!(due_day(t("2026-11-22 17:00:00"), at, 8), None);
+        assert_eq!(
+            due_day(t("2026-11-23 03:00:00"), at, 8).unwrap().iso(),
+            "2026-11-22"
+        );
+        // Stripe's days are UTC.
+        assert_eq!(due_day(t("2026-11-22 10:29:00"), at, 0), None);
+        assert_eq!(
+            due_day(t("2026-11-22 10:30:00"), at, 0).unwrap().iso(),
+            "2026-11-21"
+        );
     }
 }

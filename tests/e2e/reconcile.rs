@@ -744,5 +744,78 @@ async fn a_wechat_v2_downloadbill_finds_the_lost_payment_and_a_missing_day_is_re
             .contains("No Bill Exist (20002)"),
         "{body}"
     );
+
+    // The command line: through the running server, then on its own once payd stops.
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("payd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {:?}\n{}",
+            app.dir.path().display().to_string(),
+            app.config_text()
+        ),
+    )
+    .unwrap();
+    let cli = |extra: Vec<String>| {
+        let mut args = vec![
+            "reconcile".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        args.extend(extra);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_payd"))
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                (
+                    out.status.success(),
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (ok, out) = cli(vec![
+        "--date".into(),
+        today.clone(),
+        "--url".into(),
+        app.base.clone(),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("wechat_v2 {today}: completed")) && out.contains("1 unresolved"),
+        "{out}"
+    );
+    let (ok, out) = cli(vec![
+        "--date".into(),
+        "2001-01-01".into(),
+        "--url".into(),
+        app.base.clone(),
+    ])
+    .await;
+    assert!(!ok && out.contains("No Bill Exist"), "{out}");
+    let dir = app.dir.clone();
     app.stop().await;
+    let (ok, out) = cli(vec![
+        "--date".into(),
+        today.clone(),
+        "--provider".into(),
+        "wechat_v2".into(),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("payd was not running") && out.contains("(1 repaired, 1 unresolved)"),
+        "{out}"
+    );
+    drop(dir);
 }
