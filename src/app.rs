@@ -328,6 +328,7 @@ impl Application {
             sources,
             config.providers.timeout + Duration::from_secs(5),
         ));
+        reconciler.publish_stored();
         background.push(crate::reconcile::spawn_daily(
             reconciler.clone(),
             &config.reconciliation.time,

@@ -374,6 +374,13 @@ pub fn reconciliation(report: &payd_actors::reconcile::ReconReport, completed: b
     }
 }
 
+/// The unresolved gauge of `provider` (at start-up, from storage).
+pub fn reconciliation_unresolved(provider: &str, unresolved: usize) {
+    if let Some(p) = RECON_PROVIDERS.into_iter().find(|p| *p == provider) {
+        gauge!(RECON_UNRESOLVED, "provider" => p).set(unresolved as f64);
+    }
+}
+
 /// A method label from a bounded set.
 pub fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;

@@ -72,6 +72,23 @@ impl Reconciler {
         }
     }
 
+    /// Sets the unresolved gauge from each provider's latest completed day in
+    /// storage, so a restart does not hide differences until the next run.
+    pub fn publish_stored(&self) {
+        let Ok(view) = self.store.read() else { return };
+        let Ok(all) = commands::list_reconciliations(&view) else {
+            return;
+        };
+        for (kind, _) in &self.sources {
+            if let Some(latest) = all
+                .iter()
+                .find(|r| r.provider == kind.as_str() && r.status == RunStatus::Completed)
+            {
+                crate::metrics::reconciliation_unresolved(&latest.provider, latest.unresolved());
+            }
+        }
+    }
+
     /// The providers with statements, by name.
     pub fn providers(&self) -> Vec<&'static str> {
         self.sources.iter().map(|(k, _)| k.as_str()).collect()
@@ -564,6 +581,59 @@ mod tests {
         assert_eq!(
             due_day(t("2026-11-22 10:30:00"), at, 0).unwrap().iso(),
             "2026-11-21"
+        );
+    }
+}
+
+#[cfg(test)]
+mod measure {
+    /// `cargo test --lib reconcile_100k -- --ignored --nocapture`: parsing a
+    /// 100 000-row WeChat bill and a 100 000-row Alipay zip, timed.
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    fn reconcile_100k_statement_rows_parsed() {
+        const N: usize = 100_000;
+        let header = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
+        let mut bill = format!("{header}\r\n");
+        for i in 0..N {
+            bill.push_str(&format!(
+                "`2026-11-22 20:00:00,`wx01,`1900000001,`0,`,`4200{i:024},`PD2611220000{i:018},`oBuyer,`NATIVE,`SUCCESS,`OTHERS,`CNY,`9.90,`0.00,`0,`0,`0.00,`0.00,`,`,`basic,`,`0.05940,`0.60%,`9.90,`0.00,`\r\n"
+            ));
+        }
+        bill.push_str("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n");
+        bill.push_str(&format!("`{N},`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\r\n"));
+        let started = std::time::Instant::now();
+        let s = crate::providers::wechat::bill::parse_trade_bill(&bill).unwrap();
+        let wechat = started.elapsed();
+        assert_eq!(s.rows.len(), N);
+
+        use crate::providers::alipay::bill;
+        let rows: Vec<String> = (0..N)
+            .map(|i| {
+                bill::detail_row(
+                    &format!("2026112222001{i:015}"),
+                    &format!("PD2611220000{i:018}"),
+                    "2026-11-22 20:00:00",
+                    990,
+                    None,
+                )
+            })
+            .collect();
+        let zip = bill::bill_zip(
+            "2088000000000001",
+            "2026-11-22",
+            &bill::detail_text("2088000000000001", "2026-11-22", &rows),
+        );
+        let started = std::time::Instant::now();
+        let s = bill::parse_bill_zip(&zip).unwrap();
+        let alipay = started.elapsed();
+        assert_eq!(s.rows.len(), N);
+        println!(
+            "parse: WeChat bill {N} rows ({} KiB) in {:.1} ms; Alipay zip {N} rows ({} KiB zipped) in {:.1} ms",
+            bill.len() / 1024,
+            wechat.as_secs_f64() * 1000.0,
+            zip.len() / 1024,
+            alipay.as_secs_f64() * 1000.0
         );
     }
 }

@@ -104,16 +104,13 @@ pub(super) async fn start(
             "statement_unavailable",
             e.to_string(),
         )),
-        Some(e @ StatementError::Unavailable(_)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "statement_unavailable",
-            e.to_string(),
-        )),
-        Some(e) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "statement_invalid",
-            e.to_string(),
-        )),
+        Some(e @ (StatementError::Integrity(_) | StatementError::Malformed(_))) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "statement_invalid",
+                e.to_string(),
+            ))
+        }
     }
 }
 

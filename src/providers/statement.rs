@@ -22,9 +22,6 @@ pub enum StatementError {
     /// The file is not in the provider's format.
     #[error("statement is malformed: {0}")]
     Malformed(String),
-    /// This provider is not configured or keeps no statements.
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 impl StatementError {

@@ -158,3 +158,74 @@ fn a_mismatched_payment_is_reported_the_same_before_and_after_the_machine_record
         vec![(DiscrepancyKind::AmountMismatch, Resolution::Unresolved)]
     );
 }
+
+/// `cargo test -p payd-actors --release reconcile_100k -- --ignored --nocapture`:
+/// the comparison of a 100 000-row day against 100 000 orders, timed.
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn reconcile_100k_rows_measured() {
+    const N: usize = 100_000;
+    let mut orders = HashMap::with_capacity(N);
+    let mut rows = Vec::with_capacity(N);
+    for i in 0..N {
+        let no = format!("PD2611220000{i:018}");
+        let tx = format!("4200{i:024}");
+        let o = if i % 100 == 0 {
+            order(&no, 990) // payd never learned: a repair
+        } else {
+            paid(order(&no, 990), &tx, PaymentSource::Callback)
+        };
+        orders.insert(no.clone(), o);
+        rows.push(row(&no, &tx, if i % 1000 == 1 { 989 } else { 990 }));
+    }
+    let statement = Statement { rows };
+    // The orders as the run reads them: from storage, in one snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let store = payd_storage::Store::open(payd_storage::StoreOptions::new(
+        dir.path(),
+        crate::tables::DOMAIN_TABLES.to_vec(),
+    ))
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let all: Vec<Order> = orders.values().cloned().collect();
+    for chunk in all.chunks(10_000) {
+        let chunk = chunk.to_vec();
+        runtime
+            .block_on(crate::commands::run(&store, move |ctx| {
+                for o in &chunk {
+                    ctx.put(&crate::tables::ORDERS, &o.order_no, o);
+                }
+                Ok(())
+            }))
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let view = store.read().unwrap();
+    let loaded: HashMap<String, Order> = view
+        .scan_prefix(&crate::tables::ORDERS, &(), usize::MAX, false)
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| (o.order_no.clone(), o))
+        .collect();
+    let read = started.elapsed();
+    assert_eq!(loaded.len(), N);
+    let started = std::time::Instant::now();
+    let c = compare(&statement, &loaded, DAY, None);
+    let elapsed = started.elapsed();
+    println!(
+        "storage: {N} orders read from one snapshot in {:.1} ms",
+        read.as_secs_f64() * 1000.0
+    );
+    assert_eq!(c.repairs.len(), N / 100, "the payments payd never learned");
+    assert_eq!(c.discrepancies.len(), N / 100 + N / 1000);
+    let matched = c.totals.iter().find(|t| t.category == "matched").unwrap();
+    assert_eq!(matched.count as usize, N - N / 100 - N / 1000);
+    println!(
+        "compare: {N} rows against {N} orders in {:.1} ms ({} discrepancies)",
+        elapsed.as_secs_f64() * 1000.0,
+        c.discrepancies.len()
+    );
+}
