@@ -921,3 +921,41 @@ pub fn list_reconciliations(
     all.sort_by(|a, b| b.date.cmp(&a.date).then(a.provider.cmp(&b.provider)));
     Ok(all)
 }
+
+/// What [`resolve_discrepancy`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveDiscrepancy {
+    Done(crate::reconcile::ReconReport),
+    /// The discrepancy was repaired, or an operator settled it already.
+    NotOpen,
+}
+
+/// An operator settles one reported discrepancy of a stored day; `outcome` says who
+/// and why. Later runs of the day keep it settled.
+pub async fn resolve_discrepancy(
+    store: &Store,
+    provider: String,
+    date: String,
+    index: usize,
+    outcome: String,
+) -> Result<ResolveDiscrepancy, CommandError> {
+    use crate::reconcile::Resolution;
+    run(store, move |ctx| {
+        let key = (provider, date);
+        let mut report = ctx
+            .get(&RECONCILIATIONS, &key)?
+            .ok_or(CommandError::NotFound)?;
+        let d = report
+            .discrepancies
+            .get_mut(index)
+            .ok_or(CommandError::NotFound)?;
+        if d.resolution != Resolution::Unresolved {
+            return Ok(ResolveDiscrepancy::NotOpen);
+        }
+        d.resolution = Resolution::Resolved;
+        d.outcome = outcome;
+        ctx.put(&RECONCILIATIONS, &key, &report);
+        Ok(ResolveDiscrepancy::Done(report))
+    })
+    .await
+}

@@ -119,6 +119,8 @@ pub enum Resolution {
     Repaired = 0,
     /// Reported: an operator must look.
     Unresolved = 1,
+    /// Reported, and an operator has settled it (the outcome names who and why).
+    Resolved = 2,
 }
 
 impl Resolution {
@@ -126,6 +128,7 @@ impl Resolution {
         match self {
             Resolution::Repaired => "repaired",
             Resolution::Unresolved => "unresolved",
+            Resolution::Resolved => "resolved",
         }
     }
 }
@@ -576,6 +579,26 @@ pub fn compare(
                         order.currency.as_str()
                     ),
                 });
+            }
+        }
+    }
+
+    // What an operator settled in an earlier run of the day stays settled.
+    if let Some(previous) = previous {
+        let settled: HashMap<(DiscrepancyKind, &str, &str, Option<&str>), &str> = previous
+            .discrepancies
+            .iter()
+            .filter(|d| d.resolution == Resolution::Resolved)
+            .map(|d| (d.identity(), d.outcome.as_str()))
+            .collect();
+        for d in discrepancies
+            .iter_mut()
+            .filter(|d| d.resolution == Resolution::Unresolved)
+        {
+            let found = settled.get(&d.identity()).map(|o| o.to_string());
+            if let Some(outcome) = found {
+                d.resolution = Resolution::Resolved;
+                d.outcome = outcome;
             }
         }
     }

@@ -138,6 +138,10 @@ pub fn router(state: AppState) -> Router {
             get(reconcile::detail),
         )
         .route(
+            "/api/v1/admin/reconciliations/{provider}/{date}/discrepancies/{index}/resolve",
+            post(reconcile::resolve),
+        )
+        .route(
             "/api/v1/admin/notifications",
             get(admin_ops::list_notifications),
         )

@@ -42,8 +42,10 @@ pub(crate) fn report_json(r: &ReconReport, full: bool) -> serde_json::Value {
         v["discrepancies"] = r
             .discrepancies
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(index, d)| {
                 json!({
+                    "index": index,
                     "kind": d.kind.as_str(),
                     "resolution": d.resolution.as_str(),
                     "order_no": d.order_no,
@@ -178,5 +180,65 @@ pub(super) async fn detail(
         )
             .into_response());
     }
+    Ok(Json(report_json(&report, true)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResolveBody {
+    reason: String,
+}
+
+/// `POST /api/v1/admin/reconciliations/{provider}/{date}/discrepancies/{index}/resolve
+/// {"reason"}`: an operator settles a reported discrepancy (audited). Re-runs of the
+/// day keep it settled.
+pub(super) async fn resolve(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((provider, date, index)): Path<(String, String, usize)>,
+    ApiJson(body): ApiJson<ResolveBody>,
+) -> Result<Response, ApiError> {
+    use payd_actors::commands::{CommandError, ResolveDiscrepancy};
+    let reason = body.reason.trim().to_string();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::validation(
+            "reason is required (1-500 characters)",
+        ));
+    }
+    let outcome = format!("resolved by {}: {reason}", admin.0.user_id);
+    let done = payd_actors::commands::resolve_discrepancy(
+        &state.store,
+        provider.clone(),
+        date.clone(),
+        index,
+        outcome,
+    )
+    .await;
+    let report = match done {
+        Ok(ResolveDiscrepancy::Done(r)) => r,
+        Ok(ResolveDiscrepancy::NotOpen) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "discrepancy_not_open",
+                "this discrepancy was repaired or resolved already",
+            ));
+        }
+        Err(CommandError::NotFound) => {
+            return Err(ApiError::not_found("no such reconciliation or discrepancy"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let d = &report.discrepancies[index];
+    tracing::info!(order_no = %d.order_no, kind = d.kind.as_str(), provider = %provider,
+        date = %date, "reconciliation discrepancy resolved by an operator");
+    audit(
+        &state,
+        &admin,
+        "reconciliation.resolve",
+        &format!("{provider}/{date}/{index}"),
+        &reason,
+    )
+    .await;
+    state.reconciler.publish_stored();
     Ok(Json(report_json(&report, true)).into_response())
 }

@@ -289,11 +289,73 @@ async fn a_wechat_bill_with_every_discrepancy_is_categorised_and_the_lost_paymen
         100
     );
 
+    // An operator settles the unknown order's row; a third run keeps it settled.
+    let unknown = second["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "unknown_order")
+        .unwrap()["index"]
+        .as_u64()
+        .unwrap();
+    let repaired = second["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "paid_not_recorded")
+        .unwrap()["index"]
+        .as_u64()
+        .unwrap();
+    let resolve = |index: u64, reason: &str| {
+        let (app, admin, today) = (&app, &admin, &today);
+        let body = json!({ "reason": reason });
+        async move {
+            app.post(
+                &format!(
+                    "/api/v1/admin/reconciliations/wechat_v3/{today}/discrepancies/{index}/resolve"
+                ),
+                admin,
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (s, body) = resolve(unknown, "test order of the integration team").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["unresolved"], 5);
+    let (s, body) = resolve(unknown, "again").await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("discrepancy_not_open"))
+    );
+    let (s, body) = resolve(repaired, "nothing to settle").await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("discrepancy_not_open"))
+    );
+    let (s, body) = resolve(99, "no such row").await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (s, body) = resolve(unknown, " ").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, third) = run(&app, "wechat_v3", &today).await;
+    assert_eq!(third["unresolved"], 5);
+    let settled = &third["discrepancies"][unknown as usize];
+    assert_eq!(settled["resolution"], "resolved");
+    assert!(
+        settled["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("test order of the integration team")
+    );
+
     // Listed, shown in detail, exported as CSV.
     let (s, list) = app.get("/api/v1/admin/reconciliations", &admin).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["items"][0]["date"], today.as_str());
-    assert_eq!(list["items"][0]["unresolved"], 6);
+    assert_eq!(list["items"][0]["unresolved"], 5);
     let (s, detail) = app
         .get(
             &format!("/api/v1/admin/reconciliations/wechat_v3/{today}"),
@@ -301,7 +363,7 @@ async fn a_wechat_bill_with_every_discrepancy_is_categorised_and_the_lost_paymen
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(detail["discrepancies"], second["discrepancies"]);
+    assert_eq!(detail["discrepancies"], third["discrepancies"]);
     let csv = app
         .client
         .get(format!(
