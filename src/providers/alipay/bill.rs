@@ -425,6 +425,14 @@ mod tests {
         let zip = sample();
         let cut = parse_bill_zip(&zip[..zip.len() - 30]).unwrap_err();
         assert!(cut.to_string().contains("does not open"), "{cut}");
+        // A byte flipped inside the first entry's compressed data: the inflate or
+        // the CRC-32 check refuses it.
+        let mut flipped = zip.clone();
+        let name_len = u16::from_le_bytes([zip[26], zip[27]]) as usize;
+        let extra_len = u16::from_le_bytes([zip[28], zip[29]]) as usize;
+        flipped[30 + name_len + extra_len + 20] ^= 0x55;
+        let bad = parse_bill_zip(&flipped).unwrap_err();
+        assert!(bad.to_string().contains("bill zip entry"), "{bad}");
         let rows = [detail_row("T1", "PD1", "2026-11-22 20:00:00", 990, None)];
         let text = detail_text("A", "2026-11-22", &rows);
         assert!(
