@@ -301,7 +301,48 @@ impl Application {
             None => tracing::info!("webhooks.url is not set: no events for the host application"),
         }
 
+        let mut sources: Vec<(
+            payd_actors::model::ProviderKind,
+            Arc<dyn crate::providers::statement::StatementSource>,
+        )> = Vec::new();
+        if let Some(w) = &wechat {
+            sources.push((
+                payd_actors::model::ProviderKind::WechatV3,
+                Arc::new(crate::reconcile::WechatV3Statements(w.clone())),
+            ));
+        }
+        if let Some(w) = &wechat_v2 {
+            sources.push((
+                payd_actors::model::ProviderKind::WechatV2,
+                Arc::new(crate::reconcile::WechatV2Statements(w.clone())),
+            ));
+        }
+        if let Some(a) = &alipay {
+            sources.push((
+                payd_actors::model::ProviderKind::Alipay,
+                Arc::new(crate::reconcile::AlipayStatements(a.clone())),
+            ));
+        }
+        if let Some(s) = &stripe {
+            sources.push((
+                payd_actors::model::ProviderKind::Stripe,
+                Arc::new(crate::reconcile::StripeStatements(s.clone())),
+            ));
+        }
+        let reconciler = Arc::new(crate::reconcile::Reconciler::new(
+            store.clone(),
+            supervisor.clone(),
+            clock.clone(),
+            sources,
+            config.providers.timeout + Duration::from_secs(5),
+        ));
+        reconciler.publish_stored();
+        background.push(crate::reconcile::spawn_daily(
+            reconciler.clone(),
+            &config.reconciliation.time,
+        ));
         let state = AppState::new(http::AppStateInner {
+            reconciler,
             wechat,
             wechat_v2,
             stripe,

@@ -586,7 +586,7 @@ fn now() -> Timestamp {
 
 /// The URL a CLI on the same host reaches the server at: `server.bind`, with an
 /// unspecified address replaced by loopback.
-fn local_url(cfg: &crate::config::Config) -> String {
+pub fn local_url(cfg: &crate::config::Config) -> String {
     let mut addr = cfg.server.bind;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {

@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod order_no;
 pub mod providers;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod retention;
 pub mod security;
 pub mod webhooks;

@@ -1,5 +1,6 @@
 //! The `payd` command: `serve` runs the engine, `token` mints a JWT for trying the API,
-//! `backup` and `restore` copy the database out and back (see `payd::backup`).
+//! `backup` and `restore` copy the database out and back (see `payd::backup`),
+//! `reconcile` runs a day's statement comparison (see `payd::reconcile`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ const USAGE: &str = "usage:
   payd check-config [--config FILE]
   payd token --user ID [--admin] [--ttl 1h] [--config FILE]
   payd backup DEST [--url http://127.0.0.1:3007] [--config FILE]
-  payd restore SRC [--force] [--config FILE]";
+  payd restore SRC [--force] [--config FILE]
+  payd reconcile --date YYYY-MM-DD [--provider NAME] [--url http://127.0.0.1:3007] [--config FILE]";
 
 struct Args {
     command: String,
@@ -25,6 +27,9 @@ struct Args {
     path: Option<PathBuf>,
     force: bool,
     url: Option<String>,
+    /// `reconcile --date`, `--provider`.
+    date: Option<String>,
+    provider: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +44,8 @@ fn parse_args() -> Result<Args, String> {
         path: None,
         force: false,
         url: None,
+        date: None,
+        provider: None,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -53,6 +60,8 @@ fn parse_args() -> Result<Args, String> {
             }
             "--force" => args.force = true,
             "--url" => args.url = Some(value("--url")?),
+            "--date" => args.date = Some(value("--date")?),
+            "--provider" => args.provider = Some(value("--provider")?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             path if !path.starts_with('-') && args.path.is_none() => {
                 args.path = Some(PathBuf::from(path));
@@ -133,6 +142,38 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("payd {}: {e}", args.command);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        "reconcile" => {
+            let Some(date) = args.date else {
+                eprintln!("payd reconcile: --date YYYY-MM-DD is required\n{USAGE}");
+                return ExitCode::from(2);
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("payd: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let done = runtime.block_on(payd::reconcile::reconcile_command(
+                cfg,
+                &date,
+                args.provider,
+                args.url,
+            ));
+            match done {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("payd reconcile: {e}");
                     ExitCode::from(1)
                 }
             }

@@ -99,6 +99,17 @@ pub const ALERTS_FIRING: &str = "payd_alerts_firing";
 /// counter {rule, severity}: alerts fired.
 pub const ALERTS_FIRED: &str = "payd_alerts_fired_total";
 
+// ---- Reconciliation ----
+/// counter {provider, result}: reconciliation runs (`completed` or `failed`).
+pub const RECON_RUNS: &str = "payd_reconciliation_runs_total";
+/// counter {provider, kind}: discrepancies found (a re-run of a day counts again).
+pub const RECON_DISCREPANCIES: &str = "payd_reconciliation_discrepancies_total";
+/// gauge {provider}: unresolved discrepancies in the provider's latest run.
+pub const RECON_UNRESOLVED: &str = "payd_reconciliation_unresolved";
+
+/// Providers whose statements payd reconciles (labels of the reconciliation metrics).
+pub const RECON_PROVIDERS: [&str; 4] = ["wechat_v3", "wechat_v2", "alipay", "stripe"];
+
 /// Providers whose callbacks payd receives (labels of the callback metrics).
 pub const CALLBACK_PROVIDERS: [&str; 3] = ["wechat", "alipay", "stripe"];
 /// Executors' provider labels (see `providers::*::setup`).
@@ -221,6 +232,18 @@ fn describe() {
         CALLBACKS_DEDUPLICATED,
         "Repeated callbacks answered from the recent-event cache"
     );
+    describe_counter!(
+        RECON_RUNS,
+        "Reconciliation runs, by provider and result (completed or failed)"
+    );
+    describe_counter!(
+        RECON_DISCREPANCIES,
+        "Reconciliation discrepancies found, by provider and kind"
+    );
+    describe_gauge!(
+        RECON_UNRESOLVED,
+        "Unresolved discrepancies in each provider's latest reconciliation"
+    );
     describe_gauge!(ORDER_ACTORS_LIVE, "Order actors alive now");
     describe_counter!(
         ORDER_ACTOR_RESTARTS,
@@ -310,6 +333,16 @@ fn register_known(currencies: &[String]) {
         counter!(CALLBACKS_REJECTED, "provider" => provider, "reason" => SOURCE_NOT_ALLOWED)
             .increment(0);
     }
+    for provider in RECON_PROVIDERS {
+        for result in ["completed", "failed"] {
+            counter!(RECON_RUNS, "provider" => provider, "result" => result).increment(0);
+        }
+        for kind in payd_actors::reconcile::DiscrepancyKind::ALL {
+            counter!(RECON_DISCREPANCIES, "provider" => provider, "kind" => kind.as_str())
+                .increment(0);
+        }
+        gauge!(RECON_UNRESOLVED, "provider" => provider).increment(0.0);
+    }
     counter!(ORDER_ACTOR_RESTARTS).increment(0);
     counter!(STORAGE_COMMIT_FAILURES).increment(0);
     let _ = histogram!(STORAGE_COMMIT_DURATION);
@@ -321,6 +354,30 @@ fn register_known(currencies: &[String]) {
             gauge!(ALERTS_FIRING, "rule" => rule.as_str(), "severity" => severity.as_str())
                 .increment(0.0);
         }
+    }
+}
+
+/// A reconciliation run ended: its result, what it found, and what is left open.
+pub fn reconciliation(report: &payd_actors::reconcile::ReconReport, completed: bool) {
+    let provider = RECON_PROVIDERS
+        .into_iter()
+        .find(|p| *p == report.provider)
+        .unwrap_or("other");
+    let result = if completed { "completed" } else { "failed" };
+    counter!(RECON_RUNS, "provider" => provider, "result" => result).increment(1);
+    if completed {
+        for d in &report.discrepancies {
+            counter!(RECON_DISCREPANCIES, "provider" => provider, "kind" => d.kind.as_str())
+                .increment(1);
+        }
+        gauge!(RECON_UNRESOLVED, "provider" => provider).set(report.unresolved() as f64);
+    }
+}
+
+/// The unresolved gauge of `provider` (at start-up, from storage).
+pub fn reconciliation_unresolved(provider: &str, unresolved: usize) {
+    if let Some(p) = RECON_PROVIDERS.into_iter().find(|p| *p == provider) {
+        gauge!(RECON_UNRESOLVED, "provider" => p).set(unresolved as f64);
     }
 }
 

@@ -909,3 +909,83 @@ pub async fn put_package(
     })
     .await
 }
+
+// ---- reconciliation ----
+
+/// Stores the report of a reconciliation run. A failed run never replaces a
+/// completed report of the same day: it is recorded on it as the latest failure.
+pub async fn save_reconciliation(
+    store: &Store,
+    report: crate::reconcile::ReconReport,
+) -> Result<crate::reconcile::ReconReport, CommandError> {
+    use crate::reconcile::RunStatus;
+    run(store, move |ctx| {
+        let key = (report.provider.clone(), report.date.clone());
+        let previous = ctx.get(&RECONCILIATIONS, &key)?;
+        let runs = previous.as_ref().map_or(0, |p| p.runs) + 1;
+        let saved = match previous {
+            Some(mut kept)
+                if report.status == RunStatus::Failed && kept.status == RunStatus::Completed =>
+            {
+                kept.runs = runs;
+                kept.failure = report.failure;
+                kept
+            }
+            _ => crate::reconcile::ReconReport { runs, ..report },
+        };
+        ctx.put(&RECONCILIATIONS, &key, &saved);
+        Ok(saved)
+    })
+    .await
+}
+
+/// Every stored reconciliation report, newest day first.
+pub fn list_reconciliations(
+    view: &ReadView,
+) -> Result<Vec<crate::reconcile::ReconReport>, StorageError> {
+    let mut all: Vec<_> = view
+        .scan_prefix(&RECONCILIATIONS, &(), usize::MAX, false)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    all.sort_by(|a, b| b.date.cmp(&a.date).then(a.provider.cmp(&b.provider)));
+    Ok(all)
+}
+
+/// What [`resolve_discrepancy`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveDiscrepancy {
+    Done(crate::reconcile::ReconReport),
+    /// The discrepancy was repaired, or an operator settled it already.
+    NotOpen,
+}
+
+/// An operator settles one reported discrepancy of a stored day; `outcome` says who
+/// and why. Later runs of the day keep it settled.
+pub async fn resolve_discrepancy(
+    store: &Store,
+    provider: String,
+    date: String,
+    index: usize,
+    outcome: String,
+) -> Result<ResolveDiscrepancy, CommandError> {
+    use crate::reconcile::Resolution;
+    run(store, move |ctx| {
+        let key = (provider, date);
+        let mut report = ctx
+            .get(&RECONCILIATIONS, &key)?
+            .ok_or(CommandError::NotFound)?;
+        let d = report
+            .discrepancies
+            .get_mut(index)
+            .ok_or(CommandError::NotFound)?;
+        if d.resolution != Resolution::Unresolved {
+            return Ok(ResolveDiscrepancy::NotOpen);
+        }
+        d.resolution = Resolution::Resolved;
+        d.outcome = outcome;
+        ctx.put(&RECONCILIATIONS, &key, &report);
+        Ok(ResolveDiscrepancy::Done(report))
+    })
+    .await
+}

@@ -13,5 +13,6 @@ pub mod monitor;
 pub mod order;
 pub mod outbox;
 pub mod provider;
+pub mod reconcile;
 pub mod scheduler;
 pub mod tables;

@@ -278,6 +278,8 @@ pub enum PaymentSource {
     Callback = 0,
     Query = 1,
     Admin = 2,
+    /// Found in the provider's daily statement by reconciliation.
+    Reconciliation = 3,
 }
 
 /// A provider-confirmed payment, as recorded on the order.

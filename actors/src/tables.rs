@@ -96,8 +96,12 @@ pub const WEBHOOK_CURSOR_KEY: &str = "next";
 /// order number → how an upgrade order was priced (written with the order).
 pub const UPGRADES: Table<String, crate::model::UpgradePricing> = Table::new("upgrades");
 
+/// (provider, statement day `YYYY-MM-DD`) → the reconciliation report of that day.
+pub const RECONCILIATIONS: Table<(String, String), crate::reconcile::ReconReport> =
+    Table::new("reconciliations");
+
 /// Every table of the domain, for `StoreOptions::tables`.
-pub const DOMAIN_TABLES: [&str; 14] = [
+pub const DOMAIN_TABLES: [&str; 15] = [
     "packages",
     "orders",
     "user_orders",
@@ -112,4 +116,5 @@ pub const DOMAIN_TABLES: [&str; 14] = [
     "webhook_events",
     "webhook_pending",
     "webhook_cursor",
+    "reconciliations",
 ];

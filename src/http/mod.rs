@@ -44,6 +44,7 @@ mod ops;
 mod orders;
 mod page;
 mod qr;
+mod reconcile;
 mod stripe;
 pub mod views;
 pub mod ws;
@@ -88,6 +89,8 @@ pub struct AppStateInner {
     pub protection: Arc<guard::Protection>,
     /// Live updates: the hub and the WebSocket tickets.
     pub live: Arc<ws::Live>,
+    /// Daily statements against payd's records.
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
 }
 
 impl AppState {
@@ -145,6 +148,18 @@ pub fn router(state: AppState) -> Router {
             post(admin_ops::resend_webhook),
         )
         .route("/api/v1/admin/backup", post(admin_ops::backup))
+        .route(
+            "/api/v1/admin/reconciliations",
+            post(reconcile::start).get(reconcile::list),
+        )
+        .route(
+            "/api/v1/admin/reconciliations/{provider}/{date}",
+            get(reconcile::detail),
+        )
+        .route(
+            "/api/v1/admin/reconciliations/{provider}/{date}/discrepancies/{index}/resolve",
+            post(reconcile::resolve),
+        )
         .route(
             "/api/v1/admin/notifications",
             get(admin_ops::list_notifications),

@@ -217,6 +217,19 @@ pub const OPERATIONS: &[Operation] = &[
         query: &[], body: None, idem: None, reply: Reply::Json(202, "AnyObject"), errors: &[404, 409]),
     op!("POST" "/api/v1/admin/backup", "admin", "Write a consistent backup file while payd keeps serving", Admin,
         query: &[], body: Some("Backup"), idem: None, reply: Reply::Json(201, "AnyObject"), errors: &[409, 422, 503]),
+    op!("POST" "/api/v1/admin/reconciliations", "admin",
+        "Reconcile a provider's statement of a day now (idempotent per day; audited)", Admin,
+        query: &[], body: Some("ReconciliationRun"), idem: None, reply: Reply::Json(200, "Reconciliation"),
+        errors: &[422, 502, 503]),
+    op!("GET" "/api/v1/admin/reconciliations", "admin", "Stored reconciliation days, newest first (summaries)", Admin,
+        query: &[], body: None, idem: None, reply: Reply::Json(200, "AnyObject"), errors: &[]),
+    op!("GET" "/api/v1/admin/reconciliations/{provider}/{date}", "admin",
+        "One reconciled day with every discrepancy and its evidence; CSV with format=csv or Accept: text/csv", Admin,
+        query: &[("format", "string", "json (default) or csv")],
+        body: None, idem: None, reply: Reply::Json(200, "Reconciliation"), errors: &[404, 422]),
+    op!("POST" "/api/v1/admin/reconciliations/{provider}/{date}/discrepancies/{index}/resolve", "admin",
+        "Settle a reported discrepancy with a reason (audited; later runs of the day keep it settled)", Admin,
+        query: &[], body: Some("Reason"), idem: None, reply: Reply::Json(200, "Reconciliation"), errors: &[404, 409, 422]),
     op!("GET" "/api/v1/admin/monitor/status", "admin", "Health, rates and active alerts", Admin,
         query: &[], body: None, idem: None, reply: Reply::Json(200, "AnyObject"), errors: &[]),
     op!("GET" "/api/v1/admin/monitor/alerts", "admin", "Alert history, newest first", Admin,
@@ -426,7 +439,7 @@ fn schemas() -> Value {
         "points": integer(), "bonus_points": integer(),
         "is_active": {"type": "boolean"}, "sort_order": integer(),
     });
-    json!({
+    let mut all = json!({
         "Problem": object(&["type", "title", "status", "detail", "code"], json!({
             "type": string(), "title": string(), "status": integer(), "detail": string(),
             "code": {"type": "string", "description": "stable snake_case error code"}})),
@@ -533,7 +546,19 @@ fn schemas() -> Value {
             object(&["type", "code"], json!({"type": {"const": "error"}, "code": string(),
                 "order_no": string(), "detail": string()})),
         ]},
-    })
+    });
+    // Added apart: one json! literal this long exceeds the macro recursion limit.
+    let reconciliation = json!({
+        "ReconciliationRun": {"type": "object", "required": ["provider", "date"], "additionalProperties": false,
+            "properties": {"provider": {"type": "string", "description": "wechat_v3, wechat_v2, alipay or stripe (wechat: whichever is configured)"},
+                "date": {"type": "string", "description": "YYYY-MM-DD: a Beijing day for WeChat and Alipay, a UTC day for Stripe"}}},
+        "Reconciliation": {"type": "object", "description":
+            "provider, date, status (completed|failed), failure, runs, statement_rows, totals per category and currency, fees per currency (thousandths of a minor unit), unresolved, and discrepancies (kind, resolution, order_no, transaction_id, refund_no, currency, statement_amount, payd_amount, outcome, evidence)"}
+    });
+    if let (Some(all), Some(more)) = (all.as_object_mut(), reconciliation.as_object()) {
+        all.extend(more.clone());
+    }
+    all
 }
 
 pub(super) async fn serve(State(state): State<AppState>) -> Response {

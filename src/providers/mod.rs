@@ -9,5 +9,6 @@ mod arbitrary_input_tests;
 pub mod executor;
 pub mod mock;
 pub mod rejections;
+pub mod statement;
 pub mod stripe;
 pub mod wechat;

@@ -15,7 +15,7 @@ use crate::alipay_sandbox::*;
 use crate::support::{TestApp, order_no};
 use crate::wechat_sandbox::fixture;
 
-fn bare_base64(pem_file: &str) -> String {
+pub(crate) fn bare_base64(pem_file: &str) -> String {
     std::fs::read_to_string(fixture(pem_file))
         .unwrap()
         .lines()
@@ -25,9 +25,9 @@ fn bare_base64(pem_file: &str) -> String {
 
 /// payd with Alipay pointed at the sandbox. The app key is given inline as the
 /// bare base64 Alipay's console hands out; Alipay's public key as a PEM file.
-async fn start_with(replacements: &[(&str, &str)]) -> (TestApp, AlipaySandbox) {
-    let sandbox = AlipaySandbox::start().await;
-    let alipay = format!(
+/// The `[alipay]` table that points payd at `sandbox`.
+pub(crate) fn payd_config(sandbox: &AlipaySandbox) -> String {
+    format!(
         r#"
 [alipay]
 app_id = "{APP_ID}"
@@ -41,7 +41,12 @@ gateway = "{gateway}"
             .display()
             .to_string(),
         gateway = sandbox.gateway(),
-    );
+    )
+}
+
+async fn start_with(replacements: &[(&str, &str)]) -> (TestApp, AlipaySandbox) {
+    let sandbox = AlipaySandbox::start().await;
+    let alipay = payd_config(&sandbox);
     let app = TestApp::spawn_real(replacements, &alipay).await;
     (app, sandbox)
 }

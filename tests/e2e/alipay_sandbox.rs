@@ -48,7 +48,31 @@ pub(crate) struct Trade {
     pub(crate) paid_amount: Option<i64>,
     /// (out_request_no, fen), in order.
     pub(crate) refunds: Vec<(String, i64)>,
+    /// When each refund went through (Unix seconds), in the same order.
+    pub(crate) refunded_at: Vec<i64>,
     pub(crate) precreates: u32,
+    /// When the buyer paid (Unix seconds): the bill's day.
+    pub(crate) paid_at: Option<i64>,
+}
+
+/// A fault to put in the next bill download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BillFault {
+    /// The zip is cut short.
+    TruncatedZip,
+    /// The CSV inside is UTF-8, not GBK.
+    Utf8Inside,
+    /// The detail header carries a column payd does not know.
+    UnknownColumn,
+}
+
+/// What the bill shows besides the sandbox's own trades.
+#[derive(Debug, Default)]
+pub(crate) struct BillKnobs {
+    /// Raw detail rows appended (and counted in the trailer).
+    pub(crate) extra_rows: Vec<String>,
+    pub(crate) hide_orders: Vec<String>,
+    pub(crate) fault: Option<BillFault>,
 }
 
 impl Trade {
@@ -104,6 +128,12 @@ pub(crate) struct Sandbox {
     pub(crate) not_exist_until_scanned: AtomicBool,
     /// Orders whose buyer pays at the very moment the merchant closes the trade.
     pub(crate) pay_on_close: Mutex<Vec<String>>,
+    /// Orders paid at Alipay whose payment its query side never shows (queries say
+    /// WAIT_BUYER_PAY, a close "succeeds"): only the bill tells.
+    pub(crate) unseen: Mutex<Vec<String>>,
+    pub(crate) bill: Mutex<BillKnobs>,
+    bill_files: Mutex<HashMap<String, Vec<u8>>>,
+    base: Mutex<String>,
     seq: AtomicU64,
     client: reqwest::Client,
 }
@@ -143,14 +173,20 @@ impl AlipaySandbox {
             last_notify: Mutex::new(HashMap::new()),
             not_exist_until_scanned: AtomicBool::new(true),
             pay_on_close: Mutex::new(Vec::new()),
+            unseen: Mutex::new(Vec::new()),
+            bill: Mutex::new(BillKnobs::default()),
+            bill_files: Mutex::new(HashMap::new()),
+            base: Mutex::new(String::new()),
             seq: AtomicU64::new(1),
             client: reqwest::Client::new(),
         });
         let router = Router::new()
             .route("/gateway.do", get(gateway).post(gateway))
+            .route("/downloadBillFile.resource", get(bill_download))
             .with_state(sb.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        *sb.base.lock().unwrap() = format!("http://{addr}");
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -198,6 +234,7 @@ impl AlipaySandbox {
         t.scanned = true;
         t.status = "TRADE_SUCCESS".into();
         t.paid_amount = Some(amount.unwrap_or(t.amount));
+        t.paid_at = Some(now_secs());
         t.trade_no.clone()
     }
 
@@ -476,6 +513,7 @@ async fn gateway(
         "alipay.trade.close" => close(&sb, &method, &no),
         "alipay.trade.refund" => refund(&sb, &method, &biz, &no),
         "alipay.trade.fastpay.refund.query" => refund_query(&sb, &method, &biz, &no),
+        "alipay.data.dataservice.bill.downloadurl.query" => bill_url(&sb, &method, &biz),
         _ => sb.answer(
             "error_response",
             json!({"code": "40004", "msg": "Business Failed", "sub_code": "isv.invalid-method", "sub_msg": "unknown method"}),
@@ -513,7 +551,9 @@ fn open(
         ),
         paid_amount: None,
         refunds: Vec::new(),
+        refunded_at: Vec::new(),
         precreates: 0,
+        paid_at: None,
     });
     t.precreates += 1;
     if page {
@@ -548,9 +588,13 @@ fn known(sb: &Sandbox, no: &str) -> Option<Trade> {
 }
 
 fn query(sb: &Sandbox, method: &str, no: &str) -> Response {
-    let Some(t) = known(sb, no) else {
+    let Some(mut t) = known(sb, no) else {
         return sb.business_error(method, "ACQ.TRADE_NOT_EXIST", "no such trade");
     };
+    if sb.unseen.lock().unwrap().iter().any(|n| n == no) {
+        t.status = "WAIT_BUYER_PAY".into();
+        t.paid_amount = None;
+    }
     let mut v = json!({
         "out_trade_no": no, "trade_no": t.trade_no, "trade_status": t.status,
         "total_amount": yuan(t.paid()), "buyer_logon_id": "sbx***@example.com",
@@ -571,7 +615,12 @@ fn close(sb: &Sandbox, method: &str, no: &str) -> Response {
             t.scanned = true;
             t.status = "TRADE_SUCCESS".into();
             t.paid_amount = Some(t.amount);
+            t.paid_at = Some(now_secs());
         }
+    }
+    if sb.unseen.lock().unwrap().iter().any(|n| n == no) {
+        // Answered by a side that never saw the payment.
+        return sb.success(method, json!({"out_trade_no": no}));
     }
     let mut trades = sb.trades.lock().unwrap();
     match trades.get_mut(no).filter(|t| t.scanned) {
@@ -643,6 +692,7 @@ fn refund(sb: &Arc<Sandbox>, method: &str, biz: &Value, no: &str) -> Response {
                 );
             }
             t.refunds.push((out_request_no.clone(), amount));
+            t.refunded_at.push(now_secs());
             if t.refunded() == t.paid() {
                 t.status = "TRADE_CLOSED".into();
             }
@@ -689,5 +739,126 @@ fn refund_query(sb: &Sandbox, method: &str, biz: &Value, no: &str) -> Response {
                 "refund_status": "REFUND_SUCCESS", "gmt_refund_pay": beijing_now(),
             }),
         ),
+    }
+}
+
+// ---- bills ----
+
+/// `YYYY-MM-DD HH:MM:SS` in Beijing.
+fn beijing_wall(secs: i64) -> String {
+    wire::beijing_wall_time(payd_actors::model::Timestamp(secs * 1000))
+}
+
+/// A detail row the way Alipay writes it, for tests that add their own.
+pub(crate) fn bill_row(
+    trade_no: &str,
+    order_no: &str,
+    amount: i64,
+    refund_no: Option<&str>,
+) -> String {
+    payd::providers::alipay::bill::detail_row(
+        trade_no,
+        order_no,
+        &beijing_wall(now_secs()),
+        amount,
+        refund_no,
+    )
+}
+
+impl Sandbox {
+    fn bill_zip(&self, date: &str) -> Option<Vec<u8>> {
+        use payd::providers::alipay::bill;
+        let knobs = self.bill.lock().unwrap();
+        let on_day = |secs: i64| beijing_wall(secs).starts_with(date);
+        let mut rows: Vec<(i64, String)> = Vec::new();
+        for (no, t) in self.trades.lock().unwrap().iter() {
+            let Some(at) = t.paid_at else { continue };
+            if on_day(at) && !knobs.hide_orders.contains(no) {
+                rows.push((
+                    at,
+                    bill::detail_row(&t.trade_no, no, &beijing_wall(at), t.paid(), None),
+                ));
+            }
+            for ((request_no, amount), at) in t.refunds.iter().zip(&t.refunded_at) {
+                if on_day(*at) {
+                    rows.push((
+                        *at,
+                        bill::detail_row(
+                            &t.trade_no,
+                            no,
+                            &beijing_wall(*at),
+                            *amount,
+                            Some(request_no),
+                        ),
+                    ));
+                }
+            }
+        }
+        rows.sort();
+        let mut lines: Vec<String> = rows.into_iter().map(|(_, l)| l).collect();
+        lines.extend(knobs.extra_rows.iter().cloned());
+        if lines.is_empty() {
+            return None;
+        }
+        let mut detail = bill::detail_text(SELLER_ID, date, &lines);
+        if knobs.fault == Some(BillFault::UnknownColumn) {
+            detail = detail.replace("分润（元）", "花呗分期（元）");
+        }
+        if knobs.fault == Some(BillFault::Utf8Inside) {
+            use std::io::Write;
+            let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let o = zip::write::SimpleFileOptions::default();
+            let compact = date.replace('-', "");
+            w.start_file(format!("{SELLER_ID}_{compact}_业务明细.csv"), o)
+                .unwrap();
+            w.write_all(detail.as_bytes()).unwrap();
+            w.start_file(format!("{SELLER_ID}_{compact}_业务明细(汇总).csv"), o)
+                .unwrap();
+            w.write_all(b"#summary\r\n").unwrap();
+            return Some(w.finish().unwrap().into_inner());
+        }
+        let mut zip = bill::bill_zip(SELLER_ID, date, &detail);
+        if knobs.fault == Some(BillFault::TruncatedZip) {
+            zip.truncate(zip.len() * 2 / 3);
+        }
+        Some(zip)
+    }
+}
+
+fn bill_url(sb: &Sandbox, method: &str, biz: &Value) -> Response {
+    if biz["bill_type"] != "trade" {
+        return sb.business_error(
+            method,
+            "isv.invalid-bill-type",
+            "sandbox serves trade bills",
+        );
+    }
+    let date = biz["bill_date"].as_str().unwrap_or_default();
+    let Some(zip) = sb.bill_zip(date) else {
+        return sb.business_error(method, "isp.bill_not_exist", "no bill for this day");
+    };
+    let token = format!("{}", sb.seq.fetch_add(1, Ordering::SeqCst));
+    sb.bill_files.lock().unwrap().insert(token.clone(), zip);
+    let base = sb.base.lock().unwrap().clone();
+    sb.success(
+        method,
+        json!({"bill_download_url": format!("{base}/downloadBillFile.resource?bizType=trade&userId={SELLER_ID}&fileType=csv.zip&bizDates={}&fileId={token}", date.replace('-', ""))}),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct DownloadQuery {
+    #[serde(rename = "fileId")]
+    file_id: String,
+}
+
+/// The file: the URL's own token authorises it (valid once, like Alipay's 30 s).
+async fn bill_download(
+    State(sb): State<Arc<Sandbox>>,
+    axum::extract::Query(q): axum::extract::Query<DownloadQuery>,
+) -> Response {
+    match sb.bill_files.lock().unwrap().remove(&q.file_id) {
+        Some(zip) => ([("content-type", "application/oct-stream")], zip).into_response(),
+        None => (StatusCode::NOT_FOUND, "expired").into_response(),
     }
 }

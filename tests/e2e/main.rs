@@ -18,6 +18,7 @@ mod monitoring;
 mod prometheus;
 mod purchase;
 mod races;
+mod reconcile;
 mod recovery;
 mod refunds;
 mod storage_faults;

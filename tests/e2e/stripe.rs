@@ -17,7 +17,7 @@ const NOTIFY: &str = "/api/v1/notify/stripe";
 
 /// payd with Stripe configured against a fresh sandbox. `query_interval` "30s" keeps
 /// polling out of the way of tests about webhooks.
-async fn start(order_expire: &str, query_interval: &str) -> (TestApp, StripeSandbox) {
+pub(crate) async fn start(order_expire: &str, query_interval: &str) -> (TestApp, StripeSandbox) {
     let sandbox = StripeSandbox::start().await;
     let stripe = format!(
         r#"

@@ -89,6 +89,10 @@ pub(crate) struct Sandbox {
     pub(crate) endpoint: Mutex<Option<String>>,
     /// Orders whose buyer pays at the very moment the merchant expires the session.
     pub(crate) pay_on_expire: Mutex<Vec<String>>,
+    /// Largest page `/v1/balance_transactions` serves (tests lower it to page).
+    pub(crate) balance_page_max: Mutex<usize>,
+    /// PaymentIntents whose charge the balance leaves out.
+    pub(crate) balance_hide: Mutex<Vec<String>>,
     client: reqwest::Client,
 }
 
@@ -150,6 +154,8 @@ impl StripeSandbox {
             deliveries: Mutex::new(Vec::new()),
             endpoint: Mutex::new(None),
             pay_on_expire: Mutex::new(Vec::new()),
+            balance_page_max: Mutex::new(100),
+            balance_hide: Mutex::new(Vec::new()),
             client: reqwest::Client::new(),
         });
         let router = Router::new()
@@ -159,6 +165,7 @@ impl StripeSandbox {
             .route("/v1/payment_intents/{id}", get(retrieve_intent))
             .route("/v1/refunds", post(create_refund).get(list_refunds))
             .route("/v1/refunds/{id}", get(retrieve_refund))
+            .route("/v1/balance_transactions", get(list_balance_transactions))
             .with_state(sb.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -814,6 +821,99 @@ async fn list_refunds(
         (
             StatusCode::OK,
             json!({"object": "list", "url": "/v1/refunds", "has_more": has_more, "data": all}),
+        ),
+        false,
+    )
+}
+
+// ---- balance transactions ----
+
+/// Stripe's card fee in the sandbox: 2.9 % + 30.
+fn card_fee(amount: i64) -> i64 {
+    (amount * 29 + 500) / 1000 + 30
+}
+
+impl Sandbox {
+    /// Every balance transaction, newest first: one per succeeded charge and one per
+    /// succeeded refund, with their sources expanded when asked.
+    fn balance_transactions(&self, expand: bool) -> Vec<Value> {
+        let hide = self.balance_hide.lock().unwrap().clone();
+        let mut all = Vec::new();
+        for pi in self.intents.lock().unwrap().values() {
+            let received = pi["amount_received"].as_i64().unwrap_or(0);
+            let id = pi["id"].as_str().unwrap();
+            if pi["status"] != "succeeded" || received == 0 || hide.iter().any(|h| h == id) {
+                continue;
+            }
+            let charge = json!({"id": pi["latest_charge"], "object": "charge", "amount": received,
+                "currency": pi["currency"], "payment_intent": id, "metadata": pi["metadata"],
+                "created": pi["created"], "paid": true, "status": "succeeded"});
+            let fee = card_fee(received);
+            all.push(
+                json!({"id": format!("txn_{}", &id[3..]), "object": "balance_transaction",
+                "amount": received, "currency": pi["currency"], "created": pi["created"],
+                "fee": fee, "net": received - fee, "status": "available", "type": "charge",
+                "reporting_category": "charge",
+                "source": if expand { charge } else { pi["latest_charge"].clone() }}),
+            );
+        }
+        for r in self.refunds.lock().unwrap().iter() {
+            if r["status"] != "succeeded" {
+                continue;
+            }
+            let amount = r["amount"].as_i64().unwrap_or(0);
+            all.push(
+                json!({"id": format!("txn_{}", &r["id"].as_str().unwrap()[3..]),
+                "object": "balance_transaction", "amount": -amount, "currency": r["currency"],
+                "created": r["created"], "fee": 0, "net": -amount, "status": "available",
+                "type": "refund", "reporting_category": "refund",
+                "source": if expand { r.clone() } else { r["id"].clone() }}),
+            );
+        }
+        all.sort_by(|a, b| {
+            b["created"]
+                .as_i64()
+                .cmp(&a["created"].as_i64())
+                .then(b["id"].as_str().cmp(&a["id"].as_str()))
+        });
+        all
+    }
+}
+
+async fn list_balance_transactions(
+    State(sb): State<Arc<Sandbox>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (params, _) = match sb.gate(&method, &uri, &headers, b"") {
+        Ok(p) => p,
+        Err(e) => return respond(e, false),
+    };
+    let max = *sb.balance_page_max.lock().unwrap();
+    let limit = (int(&params, "limit").unwrap_or(10).clamp(1, 100) as usize).min(max);
+    let expand = params.get("expand[]").is_some_and(|e| e == "data.source");
+    let gte = int(&params, "created[gte]").unwrap_or(i64::MIN);
+    let lt = int(&params, "created[lt]").unwrap_or(i64::MAX);
+    let mut all: Vec<Value> = sb
+        .balance_transactions(expand)
+        .into_iter()
+        .filter(|t| (gte..lt).contains(&t["created"].as_i64().unwrap()))
+        .collect();
+    if let Some(after) = params.get("starting_after") {
+        match all.iter().position(|t| t["id"] == after.as_str()) {
+            Some(i) => {
+                all.drain(..=i);
+            }
+            None => return respond(Sandbox::missing("balance_transaction", after), false),
+        }
+    }
+    let has_more = all.len() > limit;
+    all.truncate(limit);
+    respond(
+        (
+            StatusCode::OK,
+            json!({"object": "list", "url": "/v1/balance_transactions", "has_more": has_more, "data": all}),
         ),
         false,
     )

@@ -190,6 +190,11 @@ impl TestApp {
         }
     }
 
+    /// The configuration text payd was started with (without `[storage]`).
+    pub(crate) fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
     pub(crate) fn app(&self) -> &Application {
         self.app.as_ref().expect("running")
     }

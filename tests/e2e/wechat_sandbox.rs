@@ -72,6 +72,34 @@ pub(crate) struct Trade {
     pub(crate) state: String,
     pub(crate) transaction_id: Option<String>,
     pub(crate) paid_amount: Option<i64>,
+    /// When the buyer paid (Unix seconds): `success_time`, and the bill's day.
+    pub(crate) paid_at: Option<i64>,
+}
+
+/// A fault to put in the next trade bill download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BillFault {
+    /// The file does not hash to the announced SHA1.
+    BadHash,
+    /// The file is cut before its summary.
+    Truncated,
+    /// The header carries a column payd does not know.
+    UnknownColumn,
+    /// The file is GBK, not the UTF-8 the API v3 bill is.
+    NotUtf8,
+}
+
+/// What the trade bill shows besides the sandbox's own trades (tests inject
+/// discrepancies here).
+#[derive(Debug, Default)]
+pub(crate) struct BillKnobs {
+    /// Raw rows appended (and counted in the summary).
+    pub(crate) extra_rows: Vec<String>,
+    /// Order numbers whose payment rows the bill leaves out.
+    pub(crate) hide_orders: Vec<String>,
+    /// Refund numbers the bill leaves out.
+    pub(crate) hide_refunds: Vec<String>,
+    pub(crate) fault: Option<BillFault>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +132,13 @@ pub(crate) struct Sandbox {
     pub(crate) certificate_downloads: Mutex<u32>,
     /// Orders whose buyer pays at the very moment the merchant closes the trade.
     pub(crate) pay_on_close: Mutex<Vec<String>>,
+    /// Orders paid at WeChat whose payment its query side never shows (queries say
+    /// NOTPAY, a close "succeeds"): only the bill tells. The lost-everything case.
+    pub(crate) unseen: Mutex<Vec<String>>,
+    pub(crate) bill: Mutex<BillKnobs>,
+    /// Prepared bill files by download token.
+    bill_files: Mutex<HashMap<String, Vec<u8>>>,
+    base: Mutex<String>,
     client: reqwest::Client,
 }
 
@@ -134,6 +169,10 @@ impl WechatSandbox {
             deliveries: Mutex::new(Vec::new()),
             certificate_downloads: Mutex::new(0),
             pay_on_close: Mutex::new(Vec::new()),
+            unseen: Mutex::new(Vec::new()),
+            bill: Mutex::new(BillKnobs::default()),
+            bill_files: Mutex::new(HashMap::new()),
+            base: Mutex::new(String::new()),
             client: reqwest::Client::new(),
         });
         let router = Router::new()
@@ -143,9 +182,12 @@ impl WechatSandbox {
             .route("/v3/refund/domestic/refunds", post(refund))
             .route("/v3/refund/domestic/refunds/{no}", get(refund_query))
             .route("/v3/certificates", get(certificates))
+            .route("/v3/bill/tradebill", get(trade_bill))
+            .route("/v3/billdownload/file", get(bill_download))
             .with_state(sb.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        *sb.base.lock().unwrap() = format!("http://{addr}");
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -167,6 +209,7 @@ impl WechatSandbox {
         t.state = "SUCCESS".into();
         t.transaction_id = Some(tx.clone());
         t.paid_amount = Some(amount.unwrap_or(t.amount));
+        t.paid_at = Some(now_secs());
         tx
     }
 
@@ -309,7 +352,7 @@ impl Sandbox {
         });
         if let Some(tx) = &t.transaction_id {
             v["transaction_id"] = json!(tx);
-            v["success_time"] = json!("2026-11-22T20:00:00+08:00");
+            v["success_time"] = json!(beijing_rfc3339(t.paid_at.unwrap_or_else(now_secs)));
         }
         v
     }
@@ -426,6 +469,7 @@ async fn prepay(
         state: "NOTPAY".into(),
         transaction_id: None,
         paid_amount: None,
+        paid_at: None,
     });
     if t.state != "NOTPAY" {
         let state = t.state.clone();
@@ -461,7 +505,13 @@ async fn query(
             "signature verification failed",
         );
     }
-    let t = sb.trades.lock().unwrap().get(&no).cloned();
+    let mut t = sb.trades.lock().unwrap().get(&no).cloned();
+    if sb.unseen.lock().unwrap().contains(&no)
+        && let Some(t) = t.as_mut()
+    {
+        t.state = "NOTPAY".into();
+        t.transaction_id = None;
+    }
     match t {
         None => sb.error(StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "no such order"),
         Some(t) => sb.signed(StatusCode::OK, sb.transaction(&no, &t)),
@@ -490,7 +540,12 @@ async fn close(
             t.state = "SUCCESS".into();
             t.transaction_id = Some(format!("42000RACE{}", &no[no.len() - 8..]));
             t.paid_amount = Some(t.amount);
+            t.paid_at = Some(now_secs());
         }
+    }
+    if sb.unseen.lock().unwrap().contains(&no) {
+        // The close is answered by a side that never saw the payment.
+        return StatusCode::NO_CONTENT.into_response();
     }
     let mut trades = sb.trades.lock().unwrap();
     match trades.get_mut(&no) {
@@ -575,7 +630,7 @@ async fn refund(
             let mut refunds = sb2.refunds.lock().unwrap();
             let e = refunds.get_mut(&out).unwrap();
             e["status"] = json!("SUCCESS");
-            e["success_time"] = json!("2026-11-22T20:10:05+08:00");
+            e["success_time"] = json!(beijing_rfc3339(now_secs()));
             e.clone()
         };
         let plain = json!({
@@ -648,4 +703,259 @@ async fn certificates(
         })
     }).collect();
     sb.signed(StatusCode::OK, json!({"data": data}))
+}
+
+// ---- trade bill ----
+
+const OFFSET: time::UtcOffset = match time::UtcOffset::from_hms(8, 0, 0) {
+    Ok(o) => o,
+    Err(_) => time::UtcOffset::UTC,
+};
+
+fn beijing(secs: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap()
+        .to_offset(OFFSET)
+}
+
+pub(crate) fn beijing_rfc3339(secs: i64) -> String {
+    let t = beijing(secs);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+08:00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in Beijing, as bills write times.
+pub(crate) fn beijing_wall(secs: i64) -> String {
+    beijing_rfc3339(secs).replace('T', " ")[..19].to_string()
+}
+
+/// Today's Beijing date, `YYYY-MM-DD`: the bill day of the sandbox's trades.
+pub(crate) fn beijing_today() -> String {
+    beijing_rfc3339(now_secs())[..10].to_string()
+}
+
+pub(crate) const BILL_HEADER: &str = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
+
+fn yuan(fen: i64) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+/// One bill line. `refund`: (WeChat refund id, out_refund_no, amount). The fee is
+/// WeChat's 0.6 %, to 0.00001 yuan (negative on a refund, which gives it back).
+pub(crate) fn bill_row(
+    at_secs: i64,
+    transaction_id: &str,
+    order_no: &str,
+    currency: &str,
+    amount: i64,
+    refund: Option<(&str, &str, i64)>,
+) -> String {
+    let fee_units = |fen: i64| fen * 600; // 0.6 % in 0.00001 yuan
+    let (state, refund_id, refund_no, refund_amount, fee) = match refund {
+        None => ("SUCCESS", "0", "0", 0, fee_units(amount)),
+        Some((id, no, amt)) => ("REFUND", id, no, amt, -fee_units(amt)),
+    };
+    let fee_text = format!(
+        "{}{}.{:05}",
+        if fee < 0 { "-" } else { "" },
+        fee.abs() / 100_000,
+        fee.abs() % 100_000
+    );
+    let fields = [
+        beijing_wall(at_secs),
+        APPID.into(),
+        MCHID.into(),
+        "0".into(),
+        String::new(),
+        transaction_id.into(),
+        order_no.into(),
+        "oSandboxBuyer".into(),
+        "NATIVE".into(),
+        state.into(),
+        "OTHERS".into(),
+        currency.into(),
+        yuan(amount),
+        "0.00".into(),
+        refund_id.into(),
+        refund_no.into(),
+        yuan(refund_amount),
+        "0.00".into(),
+        if refund.is_some() { "ORIGINAL" } else { "" }.into(),
+        if refund.is_some() { "SUCCESS" } else { "" }.into(),
+        "sandbox goods".into(),
+        String::new(),
+        fee_text,
+        "0.60%".into(),
+        yuan(amount),
+        yuan(refund_amount),
+        String::new(),
+    ];
+    fields
+        .iter()
+        .map(|f| format!("`{f}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Sandbox {
+    /// The trade bill (`bill_type=ALL`) of a Beijing day, from the sandbox's own
+    /// trades and refunds, plus what the test asked for.
+    fn bill_text(&self, date: &str) -> Option<String> {
+        let knobs = self.bill.lock().unwrap();
+        let on_day = |secs: i64| beijing_rfc3339(secs).starts_with(date);
+        let mut rows: Vec<(i64, String)> = Vec::new();
+        for (no, t) in self.trades.lock().unwrap().iter() {
+            let (Some(tx), Some(at)) = (&t.transaction_id, t.paid_at) else {
+                continue;
+            };
+            if on_day(at) && !knobs.hide_orders.contains(no) {
+                let amount = t.paid_amount.unwrap_or(t.amount);
+                rows.push((at, bill_row(at, tx, no, "CNY", amount, None)));
+            }
+        }
+        for r in self.refunds.lock().unwrap().values() {
+            let Some(done) = r["success_time"].as_str() else {
+                continue;
+            };
+            let at =
+                time::OffsetDateTime::parse(done, &time::format_description::well_known::Rfc3339)
+                    .unwrap()
+                    .unix_timestamp();
+            let refund_no = r["out_refund_no"].as_str().unwrap_or_default();
+            if r["status"] == "SUCCESS"
+                && on_day(at)
+                && !knobs.hide_refunds.iter().any(|h| h == refund_no)
+            {
+                rows.push((
+                    at,
+                    bill_row(
+                        at,
+                        r["transaction_id"].as_str().unwrap_or_default(),
+                        r["out_trade_no"].as_str().unwrap_or_default(),
+                        "CNY",
+                        r["amount"]["total"].as_i64().unwrap_or(0),
+                        Some((
+                            r["refund_id"].as_str().unwrap_or_default(),
+                            refund_no,
+                            r["amount"]["refund"].as_i64().unwrap_or(0),
+                        )),
+                    ),
+                ));
+            }
+        }
+        rows.sort();
+        let mut lines: Vec<String> = rows.into_iter().map(|(_, l)| l).collect();
+        lines.extend(knobs.extra_rows.iter().cloned());
+        if lines.is_empty() {
+            return None;
+        }
+        let mut text = format!("{BILL_HEADER}\r\n");
+        if knobs.fault == Some(BillFault::UnknownColumn) {
+            text = format!("{BILL_HEADER},结算状态\r\n");
+        }
+        for l in &lines {
+            text.push_str(l);
+            if knobs.fault == Some(BillFault::UnknownColumn) {
+                text.push_str(",`");
+            }
+            text.push_str("\r\n");
+        }
+        if knobs.fault == Some(BillFault::Truncated) {
+            return Some(text);
+        }
+        text.push_str("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n");
+        text.push_str(&format!(
+            "`{},`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\r\n",
+            lines.len()
+        ));
+        Some(text)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct BillQuery {
+    bill_date: String,
+    bill_type: Option<String>,
+}
+
+async fn trade_bill(
+    State(sb): State<Arc<Sandbox>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<BillQuery>,
+) -> Response {
+    if !sb.authorized(&method, &uri, &headers, b"") {
+        return sb.error(
+            StatusCode::UNAUTHORIZED,
+            "SIGN_ERROR",
+            "signature verification failed",
+        );
+    }
+    if q.bill_type.as_deref().is_some_and(|t| t != "ALL") {
+        return sb.error(
+            StatusCode::BAD_REQUEST,
+            "PARAM_ERROR",
+            "sandbox serves ALL bills",
+        );
+    }
+    let Some(text) = sb.bill_text(&q.bill_date) else {
+        return sb.error(
+            StatusCode::BAD_REQUEST,
+            "NO_STATEMENT_EXIST",
+            "no bill for this day",
+        );
+    };
+    let fault = sb.bill.lock().unwrap().fault;
+    let bytes = if fault == Some(BillFault::NotUtf8) {
+        encoding_rs::GBK.encode(&text).0.into_owned()
+    } else {
+        text.into_bytes()
+    };
+    use sha1::Digest;
+    let mut hash = data_encoding::HEXLOWER.encode(&sha1::Sha1::digest(&bytes));
+    if fault == Some(BillFault::BadHash) {
+        hash = hash.replace(|c: char| c.is_ascii_digit(), "0");
+    }
+    let token = crypto::nonce_str();
+    sb.bill_files.lock().unwrap().insert(token.clone(), bytes);
+    let base = sb.base.lock().unwrap().clone();
+    sb.signed(
+        StatusCode::OK,
+        json!({"hash_type": "SHA1", "hash_value": hash,
+            "download_url": format!("{base}/v3/billdownload/file?token={token}")}),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct DownloadQuery {
+    token: String,
+}
+
+/// The file itself: signed request, unsigned answer (its hash was in the signed one).
+async fn bill_download(
+    State(sb): State<Arc<Sandbox>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<DownloadQuery>,
+) -> Response {
+    if !sb.authorized(&method, &uri, &headers, b"") {
+        return sb.error(
+            StatusCode::UNAUTHORIZED,
+            "SIGN_ERROR",
+            "signature verification failed",
+        );
+    }
+    match sb.bill_files.lock().unwrap().remove(&q.token) {
+        Some(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+        None => sb.error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "token expired"),
+    }
 }

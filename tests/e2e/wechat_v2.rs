@@ -13,7 +13,7 @@ use crate::support::{TestApp, order_no};
 use crate::wechat_sandbox::{APPID, MCHID, fixture};
 use crate::wechat_v2_sandbox::{V2_API_KEY, WechatV2Sandbox};
 
-async fn start(order_expire: &str) -> (TestApp, WechatV2Sandbox) {
+pub(crate) async fn start(order_expire: &str) -> (TestApp, WechatV2Sandbox) {
     let sandbox = WechatV2Sandbox::start().await;
     let wechat = format!(
         r#"

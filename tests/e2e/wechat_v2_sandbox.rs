@@ -33,6 +33,10 @@ pub(crate) struct SandboxV2 {
     pub(crate) seen: Mutex<Vec<(String, bool, Fields)>>,
     pub(crate) deliveries: Mutex<Vec<(String, u16, bool)>>,
     pub(crate) pay_on_close: Mutex<Vec<String>>,
+    /// Orders paid whose payment the query side never shows (see the v3 sandbox).
+    pub(crate) unseen: Mutex<Vec<String>>,
+    /// Order numbers the bill leaves out.
+    pub(crate) bill_hide: Mutex<Vec<String>>,
     client: reqwest::Client,
 }
 
@@ -81,6 +85,8 @@ impl WechatV2Sandbox {
             seen: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),
             pay_on_close: Mutex::new(Vec::new()),
+            unseen: Mutex::new(Vec::new()),
+            bill_hide: Mutex::new(Vec::new()),
             client: reqwest::Client::new(),
         });
         let router = Router::new()
@@ -89,6 +95,7 @@ impl WechatV2Sandbox {
             .route("/pay/closeorder", post(closeorder))
             .route("/secapi/pay/refund", post(refund))
             .route("/pay/refundquery", post(refundquery))
+            .route("/pay/downloadbill", post(downloadbill))
             .with_state(sb.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -111,6 +118,7 @@ impl WechatV2Sandbox {
         t.state = "SUCCESS".into();
         t.transaction_id = Some(format!("42000V2{}", &no[no.len() - 10..]));
         t.paid_amount = Some(amount.unwrap_or(t.amount));
+        t.paid_at = Some(crate::support::now_secs() as i64);
     }
 
     /// The payment notification fields of a paid trade (unsigned).
@@ -128,8 +136,8 @@ impl WechatV2Sandbox {
             ("bank_type", "OTHERS"),
             ("fee_type", "CNY"),
             ("out_trade_no", no),
-            ("time_end", "20261122200000"),
         ]);
+        n.insert("time_end".into(), time_end(&t));
         n.insert("total_fee".into(), total.clone());
         n.insert("cash_fee".into(), total);
         n.insert(
@@ -251,6 +259,7 @@ async fn unifiedorder(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response
         state: "NOTPAY".into(),
         transaction_id: None,
         paid_amount: None,
+        paid_at: None,
     });
     if t.state == "SUCCESS" {
         drop(trades);
@@ -275,11 +284,15 @@ async fn orderquery(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let no = req.get("out_trade_no").cloned().unwrap_or_default();
-    let Some(t) = sb.trades.lock().unwrap().get(&no).cloned() else {
+    let Some(mut t) = sb.trades.lock().unwrap().get(&no).cloned() else {
         let mut a = base("FAIL");
         a.insert("err_code".into(), "ORDERNOTEXIST".into());
         return answer(a, st);
     };
+    if sb.unseen.lock().unwrap().contains(&no) {
+        t.state = "NOTPAY".into();
+        t.transaction_id = None;
+    }
     let mut a = base("SUCCESS");
     a.insert("out_trade_no".into(), no);
     a.insert("trade_state".into(), t.state.clone());
@@ -288,9 +301,9 @@ async fn orderquery(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response {
         t.paid_amount.unwrap_or(t.amount).to_string(),
     );
     a.insert("fee_type".into(), "CNY".into());
-    if let Some(tx) = t.transaction_id {
+    if let Some(tx) = t.transaction_id.clone() {
         a.insert("transaction_id".into(), tx);
-        a.insert("time_end".into(), "20261122200000".into());
+        a.insert("time_end".into(), time_end(&t));
     }
     answer(a, st)
 }
@@ -307,6 +320,10 @@ async fn closeorder(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response {
         t.state = "SUCCESS".into();
         t.transaction_id = Some(format!("42000V2RACE{}", &no[no.len() - 6..]));
         t.paid_amount = Some(t.amount);
+        t.paid_at = Some(crate::support::now_secs() as i64);
+    }
+    if sb.unseen.lock().unwrap().contains(&no) {
+        return answer(base("SUCCESS"), st);
     }
     let mut trades = sb.trades.lock().unwrap();
     let code = match trades.get_mut(&no) {
@@ -436,4 +453,72 @@ async fn refundquery(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response 
     a.insert("refund_fee_0".into(), r["refund_fee"].clone());
     a.insert("refund_status_0".into(), r["refund_status"].clone());
     answer(a, st)
+}
+
+/// `yyyyMMddHHmmss` in Beijing: when the buyer paid.
+fn time_end(t: &Trade) -> String {
+    let secs = t
+        .paid_at
+        .unwrap_or_else(|| crate::support::now_secs() as i64);
+    crate::wechat_sandbox::beijing_rfc3339(secs)[..19].replace(['-', 'T', ':'], "")
+}
+
+/// `/pay/downloadbill`: the bill text of the day (the v3 format), or an XML FAIL.
+async fn downloadbill(State(sb): State<Arc<SandboxV2>>, body: Bytes) -> Response {
+    let (req, _) = match sb.check("/pay/downloadbill", &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let date = req.get("bill_date").cloned().unwrap_or_default();
+    if req.get("bill_type").map(String::as_str) != Some("ALL") || date.len() != 8 {
+        return transport_fail("invalid bill_type or bill_date");
+    }
+    let day = format!("{}-{}-{}", &date[..4], &date[4..6], &date[6..]);
+    let hide = sb.bill_hide.lock().unwrap().clone();
+    let mut rows: Vec<(i64, String)> = sb
+        .trades
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(no, t)| {
+            let (tx, at) = (t.transaction_id.as_ref()?, t.paid_at?);
+            let on_day = crate::wechat_sandbox::beijing_rfc3339(at).starts_with(&day);
+            (on_day && !hide.contains(no)).then(|| {
+                let amount = t.paid_amount.unwrap_or(t.amount);
+                (
+                    at,
+                    crate::wechat_sandbox::bill_row(at, tx, no, "CNY", amount, None),
+                )
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return (
+            StatusCode::OK,
+            [("content-type", "text/xml")],
+            to_xml(&f(&[
+                ("return_code", "FAIL"),
+                ("return_msg", "No Bill Exist"),
+                ("error_code", "20002"),
+            ])),
+        )
+            .into_response();
+    }
+    rows.sort();
+    let mut text = format!("{}\r\n", crate::wechat_sandbox::BILL_HEADER);
+    for (_, r) in &rows {
+        text.push_str(r);
+        text.push_str("\r\n");
+    }
+    text.push_str("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n");
+    text.push_str(&format!(
+        "`{},`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\r\n",
+        rows.len()
+    ));
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain;charset=utf-8")],
+        text,
+    )
+        .into_response()
 }

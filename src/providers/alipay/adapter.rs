@@ -34,6 +34,7 @@ const QUERY: &str = "alipay.trade.query";
 const CLOSE: &str = "alipay.trade.close";
 const REFUND: &str = "alipay.trade.refund";
 const REFUND_QUERY: &str = "alipay.trade.fastpay.refund.query";
+const BILL_URL: &str = "alipay.data.dataservice.bill.downloadurl.query";
 
 /// `code` of a successful call.
 const CODE_SUCCESS: &str = "10000";
@@ -534,6 +535,67 @@ impl Alipay {
         non_empty(params.get("out_trade_no"))
             .map(str::to_string)
             .ok_or(RejectReason::Malformed)
+    }
+}
+
+#[derive(Serialize)]
+struct BillBiz<'a> {
+    bill_type: &'static str,
+    bill_date: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+struct BillUrlResponse {
+    bill_download_url: String,
+}
+
+impl Alipay {
+    /// The trade bill of a Beijing day: the signed, verified answer of
+    /// `alipay.data.dataservice.bill.downloadurl.query` names a short-lived URL (its
+    /// own token authorises the download), and the zip behind it is read by
+    /// [`super::bill::parse_bill_zip`] (the zip's CRC-32s are its integrity check:
+    /// Alipay publishes no hash).
+    pub async fn trade_bill(
+        &self,
+        day: crate::providers::statement::StatementDay,
+    ) -> Result<payd_actors::reconcile::Statement, crate::providers::statement::StatementError>
+    {
+        use crate::providers::statement::StatementError;
+        let date = day.iso();
+        let reply = self
+            .call(
+                "bill",
+                BILL_URL,
+                &BillBiz {
+                    bill_type: "trade",
+                    bill_date: &date,
+                },
+                false,
+            )
+            .await
+            .map_err(|e| StatementError::Download(e.message))?;
+        if !reply.is_success() {
+            // isp.bill_not_exist: no trade that day, or the bill is not ready yet.
+            return Err(StatementError::Download(reply.error().message));
+        }
+        let url: BillUrlResponse = reply
+            .parse("bill")
+            .map_err(|e| StatementError::malformed(e.message))?;
+        if !(url.bill_download_url.starts_with("https://")
+            || url.bill_download_url.starts_with("http://"))
+        {
+            return Err(StatementError::malformed("the bill URL is not an HTTP URL"));
+        }
+        let bytes = crate::providers::statement::download(&self.exec, "bill_download", || {
+            Ok(OutboundRequest {
+                method: Method::GET,
+                url: url.bill_download_url.clone(),
+                headers: vec![],
+                body: None,
+            })
+        })
+        .await?;
+        super::bill::parse_bill_zip(&bytes)
     }
 }
 

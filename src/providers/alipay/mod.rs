@@ -15,6 +15,7 @@ use crate::providers::executor::{Executor, ExecutorConfig};
 use crate::providers::wechat::crypto::{CryptoError, MerchantSigner, RsaVerifier};
 
 pub mod adapter;
+pub mod bill;
 pub mod wire;
 
 pub use adapter::{Alipay, AlipayNotification, AlipaySettings};

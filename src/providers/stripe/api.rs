@@ -421,6 +421,79 @@ impl Stripe {
         Ok(event)
     }
 
+    /// The balance transactions of a UTC day as a statement, every page of them.
+    /// A refund's order is found through its PaymentIntent (one lookup per intent).
+    pub async fn balance_statement(
+        &self,
+        day: crate::providers::statement::StatementDay,
+    ) -> Result<payd_actors::reconcile::Statement, crate::providers::statement::StatementError>
+    {
+        use super::balance::{self, BalanceList};
+        use crate::providers::statement::StatementError;
+        let window = day.window();
+        let (gte, lt) = (window.start.ms() / 1000, window.end.ms() / 1000);
+        let mut rows = Vec::new();
+        let mut after: Option<String> = None;
+        let mut orders_of: HashMap<String, String> = HashMap::new();
+        loop {
+            let mut path = format!(
+                "/v1/balance_transactions?created[gte]={gte}&created[lt]={lt}&limit={}&expand[]=data.source",
+                balance::PAGE
+            );
+            if let Some(id) = &after {
+                path.push_str(&format!("&starting_after={id}"));
+            }
+            let resp = self
+                .get("balance_transactions", path)
+                .await
+                .map_err(|e| StatementError::Download(e.message))?;
+            if resp.status != 200 {
+                return Err(StatementError::Download(error_from(&resp).message));
+            }
+            let page: BalanceList = serde_json::from_slice(&resp.body)
+                .map_err(|e| StatementError::malformed(format!("balance transaction list: {e}")))?;
+            let last = page
+                .data
+                .last()
+                .and_then(|v| v["id"].as_str())
+                .map(str::to_string);
+            for v in &page.data {
+                let Some(mut p) = balance::map_transaction(v)? else {
+                    continue;
+                };
+                if p.row.order_no.is_empty() {
+                    let order_no = match orders_of.get(&p.payment_intent) {
+                        Some(o) => o.clone(),
+                        None => {
+                            let hint = webhook::OrderHint::PaymentIntent(p.payment_intent.clone());
+                            let found = self
+                                .order_no_for(&hint)
+                                .await
+                                .map_err(|e| StatementError::Download(e.message))?
+                                .unwrap_or_default();
+                            orders_of.insert(p.payment_intent.clone(), found.clone());
+                            found
+                        }
+                    };
+                    p.row.order_no = order_no;
+                }
+                if p.row.order_no.is_empty() {
+                    // Not one of payd's payments (no order_no in its metadata).
+                    p.row.order_no = format!("(none: {})", p.payment_intent);
+                }
+                rows.push(p.row);
+            }
+            match (page.has_more, last) {
+                (true, Some(id)) => after = Some(id),
+                (true, None) => {
+                    return Err(StatementError::malformed("has_more on an empty page"));
+                }
+                (false, _) => break,
+            }
+        }
+        Ok(payd_actors::reconcile::Statement { rows })
+    }
+
     /// The order an event is about. `Ok(None)`: not one of payd's.
     pub async fn order_no_for(&self, hint: &OrderHint) -> Result<Option<String>, ProviderError> {
         match hint {

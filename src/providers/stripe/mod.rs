@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::providers::executor::{Executor, ExecutorConfig};
 
 pub mod api;
+pub mod balance;
 pub mod form;
 pub mod objects;
 pub mod webhook;

@@ -11,6 +11,7 @@ use payd_actors::model::Timestamp;
 use crate::config::{Config, WechatApiVersion};
 use crate::providers::executor::{Executor, ExecutorConfig};
 
+pub mod bill;
 pub mod crypto;
 pub mod keys;
 pub mod v2;

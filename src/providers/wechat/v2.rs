@@ -141,6 +141,40 @@ impl WechatV2 {
         }
     }
 
+    /// The trade bill (`bill_type=ALL`) of a Beijing day from `/pay/downloadbill`:
+    /// the answer is the bill text itself — the same format as API v3's — or, when
+    /// there is none, an XML `return_code` FAIL naming why. API v2 publishes no hash
+    /// of the file: its summary line's count is what shows a cut file.
+    pub async fn trade_bill(
+        &self,
+        day: crate::providers::statement::StatementDay,
+    ) -> Result<payd_actors::reconcile::Statement, crate::providers::statement::StatementError>
+    {
+        use crate::providers::statement::StatementError;
+        let mut fields = self.base_fields();
+        fields.insert("bill_date".into(), day.compact());
+        fields.insert("bill_type".into(), "ALL".into());
+        let body = crate::providers::statement::download(
+            &self.exec,
+            "bill_download",
+            self.signed("/pay/downloadbill", fields),
+        )
+        .await?;
+        if body.trim_ascii_start().starts_with(b"<xml>") {
+            let f = parse_xml(&body).map_err(|e| {
+                StatementError::malformed(format!("WeChat v2 bill answer is not valid XML: {e}"))
+            })?;
+            return Err(StatementError::Download(format!(
+                "WeChat v2 downloadbill: {} ({})",
+                field(&f, "return_msg").unwrap_or("no message"),
+                field(&f, "error_code").unwrap_or("-")
+            )));
+        }
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| StatementError::malformed("the bill is not UTF-8 text"))?;
+        super::bill::parse_trade_bill(text)
+    }
+
     /// Sends, checks the transport result, verifies the answer's signature, and hands
     /// back its fields (with `result_code` / `err_code` for the caller to read).
     async fn call(

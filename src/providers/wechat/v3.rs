@@ -528,6 +528,69 @@ impl WechatV3 {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct BillLocation {
+    hash_type: String,
+    hash_value: String,
+    download_url: String,
+}
+
+impl WechatV3 {
+    /// The trade bill (`bill_type=ALL`: payments and refunds) of a Beijing day:
+    /// `GET /v3/bill/tradebill` (a signed, verified answer naming a download URL and
+    /// the file's SHA1), then a signed GET of that URL, whose bytes must hash to it.
+    pub async fn trade_bill(
+        &self,
+        day: crate::providers::statement::StatementDay,
+    ) -> Result<payd_actors::reconcile::Statement, crate::providers::statement::StatementError>
+    {
+        use crate::providers::statement::StatementError;
+        use sha1::Digest;
+        let path = format!("/v3/bill/tradebill?bill_date={}&bill_type=ALL", day.iso());
+        let resp = self
+            .call("bill", Method::GET, path, None)
+            .await
+            .map_err(|e| StatementError::Download(e.message))?;
+        if resp.status != 200 {
+            // NO_STATEMENT_EXIST: no trade that day, or the bill is not ready yet.
+            return Err(StatementError::Download(error_from(&resp).message));
+        }
+        let loc: BillLocation = serde_json::from_slice(&resp.body)
+            .map_err(|e| StatementError::malformed(format!("bill answer: {e}")))?;
+        if !loc.hash_type.eq_ignore_ascii_case("SHA1") {
+            return Err(StatementError::Integrity(format!(
+                "unsupported hash_type {:?}",
+                loc.hash_type
+            )));
+        }
+        // The download is signed like any call, so it must go to WeChat's own host.
+        let file_path = loc
+            .download_url
+            .strip_prefix(&self.s.base_url)
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| {
+                StatementError::Integrity("the download URL is not on WeChat's API host".into())
+            })?
+            .to_string();
+        let body = crate::providers::statement::download(
+            &self.exec,
+            "bill_download",
+            self.signed(Method::GET, file_path, None),
+        )
+        .await?;
+        let digest = data_encoding::HEXLOWER.encode(&sha1::Sha1::digest(&body));
+        if !digest.eq_ignore_ascii_case(loc.hash_value.trim()) {
+            return Err(StatementError::Integrity(format!(
+                "the bill hashes to {digest}, WeChat announced {}",
+                loc.hash_value
+            )));
+        }
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| StatementError::malformed("the bill is not UTF-8 text"))?;
+        super::bill::parse_trade_bill(text)
+    }
+}
+
 fn error_from(r: &InboundResponse) -> ProviderError {
     match serde_json::from_slice::<ErrorBody>(&r.body) {
         Ok(e) => ProviderError {
