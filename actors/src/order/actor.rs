@@ -72,9 +72,6 @@ pub enum OrderMsg {
         result: Result<Event, ProviderError>,
     },
     IdleCheck(u64),
-    /// An event the actor raises for itself (an automatic refund); not routed by the
-    /// supervisor, so it does not count in the passivation handshake.
-    Internal(Event),
     Stop,
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -207,11 +204,6 @@ async fn handle_message(
                 });
             }
             return Ok(());
-        }
-        OrderMsg::Internal(event) => {
-            if let Err(e) = apply(&myself, st, event).await {
-                tracing::warn!(order_no = %st.order.order_no, error = %e, "internal event refused");
-            }
         }
         OrderMsg::Stop => {
             tracing::debug!(order_no = %st.order.order_no, "order actor passivated");
@@ -422,23 +414,6 @@ fn dispatch(myself: &ActorRef<OrderMsg>, st: &mut OrderState, effect: Effect) {
                     }))
                 })
             });
-        }
-        Effect::QueueRefund {
-            transaction_id,
-            amount_minor,
-        } => {
-            // Recorded on the order as an open anomaly in the same transition; the
-            // refund itself is carried out by the refund path (admin / automatic).
-            // Recorded on the order as an open anomaly in the same transition; now
-            // refunded through the same path as any refund.
-            tracing::warn!(order_no = %order_no, transaction_id = %transaction_id, amount_minor,
-                "extra payment is refunded automatically");
-            let _ = myself.cast(OrderMsg::Internal(Event::RequestRefund {
-                amount_minor: Some(amount_minor),
-                reason: "automatic refund of a double or late payment".into(),
-                by: crate::model::Actor::System,
-                transaction_id: Some(transaction_id),
-            }));
         }
         Effect::Alert { kind, detail } => {
             tracing::warn!(order_no = %order_no, alert = ?kind, detail = %detail, "payment alert");

@@ -189,11 +189,6 @@ pub enum Effect {
     /// Grant the order's package to its buyer. Applied in the transition's own storage
     /// command, so a paid order and its grant are durable together or not at all.
     Grant,
-    /// A payment that must go back to the buyer (double or late payment).
-    QueueRefund {
-        transaction_id: String,
-        amount_minor: i64,
-    },
     /// Something an operator must hear about.
     Alert { kind: AlertKind, detail: String },
     /// Put the refunded share of the entitlement on hold (in the same command).
@@ -619,10 +614,7 @@ fn confirm(
         );
         record(order, PaymentDisposition::DoublePayment);
         anomaly(order, AnomalyKind::DoublePayment, detail.clone());
-        effects.push(Effect::QueueRefund {
-            transaction_id: report.transaction_id.clone(),
-            amount_minor: report.amount_minor,
-        });
+        refund_extra_payment(order, effects, &report, now, policy);
         effects.push(Effect::Alert {
             kind: AlertKind::DoublePayment,
             detail,
@@ -647,16 +639,47 @@ fn confirm(
         LatePaymentPolicy::Refund => {
             record(order, PaymentDisposition::LateRefund);
             anomaly(order, AnomalyKind::LatePaymentRefund, detail.clone());
-            effects.push(Effect::QueueRefund {
-                transaction_id: report.transaction_id.clone(),
-                amount_minor: report.amount_minor,
-            });
+            refund_extra_payment(order, effects, &report, now, policy);
         }
     }
     effects.push(Effect::Alert {
         kind: AlertKind::LatePayment,
         detail,
     });
+}
+
+/// A double or late payment goes back to the buyer: its refund is opened in the same
+/// transition that records the payment, so it is durable with it. (It used to be a
+/// message the actor sent itself afterwards, which a crash could lose — found by the
+/// deterministic simulation.) The refund poll re-issues it if the call is lost.
+fn refund_extra_payment(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    report: &PaymentReport,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    let opened = refund::request(
+        order,
+        effects,
+        Some(report.amount_minor),
+        "automatic refund of a double or late payment".into(),
+        Actor::System,
+        Some(report.transaction_id.clone()),
+        now,
+        policy,
+    );
+    if let Err(rejection) = opened {
+        // Cannot happen for a recorded extra payment of a positive amount; if it
+        // ever does, the open anomaly keeps it in front of an operator.
+        effects.push(Effect::Alert {
+            kind: AlertKind::RefundAbnormal,
+            detail: format!(
+                "automatic refund of {} could not be opened: {rejection}",
+                report.transaction_id
+            ),
+        });
+    }
 }
 
 /// A dispute is recorded once per dispute id and updated when its status changes; a

@@ -96,9 +96,14 @@ fn a_second_transaction_is_a_double_payment_queued_for_refund() {
     let t = run(&paid, pay("tx2", 990), LatePaymentPolicy::Grant);
     assert_eq!(t.next.status, OrderStatus::Paid);
     assert!(!t.effects.contains(&Effect::Grant));
-    assert!(t.effects.contains(&Effect::QueueRefund {
-        transaction_id: "tx2".into(),
-        amount_minor: 990
+    // Its refund is opened in the same transition, so it is durable with the payment.
+    let r = &t.next.refunds[0];
+    assert_eq!(
+        (r.transaction_id.as_deref(), r.amount_minor, r.state),
+        (Some("tx2"), 990, RefundState::Processing)
+    );
+    assert!(t.effects.contains(&Effect::StartRefund {
+        refund_no: r.refund_no.clone()
     }));
     assert_eq!(t.next.anomalies[0].kind, AnomalyKind::DoublePayment);
 }
@@ -131,11 +136,15 @@ fn late_payment_follows_the_policy() {
     let refunded = run(&cancelled, pay("tx1", 990), LatePaymentPolicy::Refund);
     assert_eq!(refunded.next.status, OrderStatus::Cancelled);
     assert!(!refunded.effects.contains(&Effect::Grant));
+    assert_eq!(
+        refunded.next.refunds[0].transaction_id.as_deref(),
+        Some("tx1")
+    );
     assert!(
         refunded
             .effects
             .iter()
-            .any(|e| matches!(e, Effect::QueueRefund { .. }))
+            .any(|e| matches!(e, Effect::StartRefund { .. }))
     );
 }
 
@@ -523,7 +532,11 @@ proptest! {
                         prop_assert_eq!(p.disposition, PaymentDisposition::Granted);
                         prop_assert_eq!(t.next.status, OrderStatus::Paid);
                     }
-                    Effect::QueueRefund { transaction_id, .. } => refund_queued.push(transaction_id.clone()),
+                    Effect::StartRefund { refund_no } => {
+                        if let Some(tx) = t.next.refunds.iter().find(|r| &r.refund_no == refund_no).and_then(|r| r.transaction_id.clone()) {
+                            refund_queued.push(tx);
+                        }
+                    }
                     _ => {}
                 }
             }

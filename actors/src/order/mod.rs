@@ -14,6 +14,8 @@ pub mod machine;
 #[cfg(test)]
 mod machine_tests;
 pub mod refund;
+#[cfg(test)]
+pub(crate) mod simulation;
 pub mod supervisor;
 
 /// Read-only dependencies shared by the supervisor and every order actor.
