@@ -15,8 +15,12 @@ pub mod machine;
 mod machine_tests;
 pub mod refund;
 #[cfg(test)]
+mod reordering_tests;
+#[cfg(test)]
 pub(crate) mod simulation;
 pub mod supervisor;
+#[cfg(test)]
+pub(crate) mod test_engine;
 
 /// Read-only dependencies shared by the supervisor and every order actor.
 pub struct Deps {
