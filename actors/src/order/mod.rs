@@ -13,6 +13,8 @@ pub mod actor;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;
+#[cfg(test)]
+mod race_tests;
 pub mod refund;
 #[cfg(test)]
 mod reordering_tests;

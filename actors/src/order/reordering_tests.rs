@@ -452,7 +452,7 @@ async fn one_hundred_orders_through_the_real_actors_end_as_the_reference_model_s
                 let mut o = crate::commands::create_order(&engine.store, order)
                     .await
                     .expect("created");
-                let mut send = async |o: &mut Order, e: Event| {
+                let send = async |o: &mut Order, e: Event| {
                     let command = match e {
                         Event::Confirmed(_) => OrderCommand::Callback {
                             notification: Box::new(NotificationRecord {
