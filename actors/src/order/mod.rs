@@ -10,6 +10,8 @@ use crate::clock::SharedClock;
 use crate::provider::Providers;
 
 pub mod actor;
+#[cfg(test)]
+mod engine_model_tests;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;

@@ -32,7 +32,7 @@ use crate::order::test_engine::{Engine, SilentProvider, open_store};
 use crate::tables::{HISTORY, ORDERS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CloseBy {
+pub(super) enum CloseBy {
     Cancel,
     /// The expiry deadline fires and the provider has seen no payment yet.
     Expire,
@@ -108,22 +108,22 @@ fn permutations(items: &[Ev]) -> Vec<Vec<Ev>> {
     out
 }
 
-const PARTIAL: i64 = 300;
-const PRICE: i64 = 990;
+pub(super) const PARTIAL: i64 = 300;
+pub(super) const PRICE: i64 = 990;
 
 /// What the reference model says the order ends as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Outcome {
-    status: OrderStatus,
-    granted_tx: Option<String>,
-    late: bool,
-    payments: Vec<(String, PaymentDisposition)>,
+pub(super) struct Outcome {
+    pub(super) status: OrderStatus,
+    pub(super) granted_tx: Option<String>,
+    pub(super) late: bool,
+    pub(super) payments: Vec<(String, PaymentDisposition)>,
     /// (extra transaction refunded, or the order's own payment; amount; state)
-    refunds: Vec<(Option<String>, i64, RefundState)>,
+    pub(super) refunds: Vec<(Option<String>, i64, RefundState)>,
 }
 
 impl Outcome {
-    fn of(o: &Order) -> Outcome {
+    pub(super) fn of(o: &Order) -> Outcome {
         Outcome {
             status: o.status,
             granted_tx: o
@@ -145,94 +145,116 @@ impl Outcome {
     }
 }
 
-/// The reference model: a few lines per rule, written from the rules above, sharing
-/// no code with the machine.
-fn model(order: &[Ev], v: Variant, late: LatePaymentPolicy) -> Outcome {
-    use OrderStatus::*;
-    let mut m = Outcome {
-        status: Pending,
-        granted_tx: None,
-        late: false,
-        payments: vec![],
-        refunds: vec![],
-    };
-    let pay = |m: &mut Outcome, tx: &str, ok: bool| {
-        if m.payments.iter().any(|(t, _)| t == tx) {
+impl Outcome {
+    pub(super) fn new() -> Outcome {
+        Outcome {
+            status: OrderStatus::Pending,
+            granted_tx: None,
+            late: false,
+            payments: vec![],
+            refunds: vec![],
+        }
+    }
+
+    /// A payment reported by callback or query (`ok`: the right amount).
+    pub(super) fn pay(&mut self, tx: &str, ok: bool, late: LatePaymentPolicy) {
+        use OrderStatus::*;
+        if self.payments.iter().any(|(t, _)| t == tx) {
             return;
         }
         if !ok {
-            m.payments
+            self.payments
                 .push((tx.into(), PaymentDisposition::AmountMismatch));
-            if m.status == Pending {
-                m.status = Failed;
+            if self.status == Pending {
+                self.status = Failed;
             }
             return;
         }
+        let grant = |m: &mut Outcome| {
+            m.payments.push((tx.into(), PaymentDisposition::Granted));
+            m.status = Paid;
+            m.granted_tx = Some(tx.into());
+        };
         let refund_it = |m: &mut Outcome, d| {
             m.payments.push((tx.into(), d));
             m.refunds
                 .push((Some(tx.into()), PRICE, RefundState::Processing));
         };
-        match m.status {
-            Pending => {
-                m.payments.push((tx.into(), PaymentDisposition::Granted));
-                m.status = Paid;
-                m.granted_tx = Some(tx.into());
+        match (self.status, late) {
+            (Pending, _) => grant(self),
+            (Paid | PartiallyRefunded | Refunded, _) => {
+                refund_it(self, PaymentDisposition::DoublePayment)
             }
-            Paid | PartiallyRefunded | Refunded => refund_it(m, PaymentDisposition::DoublePayment),
-            Cancelled | Expired | Failed => match late {
-                LatePaymentPolicy::Grant => {
-                    m.payments.push((tx.into(), PaymentDisposition::Granted));
-                    m.status = Paid;
-                    m.granted_tx = Some(tx.into());
-                    m.late = true;
-                }
-                LatePaymentPolicy::Refund => refund_it(m, PaymentDisposition::LateRefund),
-            },
+            (Cancelled | Expired | Failed, LatePaymentPolicy::Grant) => {
+                grant(self);
+                self.late = true;
+            }
+            (Cancelled | Expired | Failed, LatePaymentPolicy::Refund) => {
+                refund_it(self, PaymentDisposition::LateRefund)
+            }
         }
-    };
+    }
+
+    /// Cancel or expiry: only a pending order closes.
+    pub(super) fn close(&mut self, by: CloseBy) {
+        if self.status == OrderStatus::Pending {
+            self.status = match by {
+                CloseBy::Cancel => OrderStatus::Cancelled,
+                CloseBy::Expire => OrderStatus::Expired,
+            };
+        }
+    }
+
+    /// A refund of all that is left (`full`) or of 300, answered at once. Returns the
+    /// amount if it was accepted.
+    pub(super) fn refund(&mut self, full: bool, succeeds: bool) -> Option<i64> {
+        use OrderStatus::*;
+        if !matches!(self.status, Paid | PartiallyRefunded) {
+            return None;
+        }
+        let committed: i64 = self
+            .refunds
+            .iter()
+            .filter(|(tx, _, s)| tx.is_none() && *s != RefundState::Failed)
+            .map(|r| r.1)
+            .sum();
+        let left = PRICE - committed;
+        let amount = if full { left } else { PARTIAL };
+        if amount <= 0 || amount > left {
+            return None;
+        }
+        let state = if succeeds {
+            RefundState::Succeeded
+        } else {
+            RefundState::Failed
+        };
+        self.refunds.push((None, amount, state));
+        if succeeds {
+            self.status = if committed + amount >= PRICE {
+                Refunded
+            } else {
+                PartiallyRefunded
+            };
+        }
+        Some(amount)
+    }
+}
+
+/// The reference model: a few lines per rule, written from the rules above, sharing
+/// no code with the machine.
+fn model(order: &[Ev], v: Variant, late: LatePaymentPolicy) -> Outcome {
+    let mut m = Outcome::new();
     for ev in order {
         match ev {
-            Ev::Pay => pay(&mut m, "tx1", v.amount_ok),
+            Ev::Pay => m.pay("tx1", v.amount_ok, late),
             Ev::Query => match v.query {
-                Query::PaidSame => pay(&mut m, "tx1", v.amount_ok),
-                Query::PaidOther => pay(&mut m, "tx2", true),
+                Query::PaidSame => m.pay("tx1", v.amount_ok, late),
+                Query::PaidOther => m.pay("tx2", true, late),
                 Query::NotPaid | Query::Closed => {}
             },
-            Ev::Close => {
-                if m.status == Pending {
-                    m.status = match v.close {
-                        CloseBy::Cancel => Cancelled,
-                        CloseBy::Expire => Expired,
-                    };
-                }
-            }
+            Ev::Close => m.close(v.close),
             Ev::Refund => {
-                if matches!(m.status, Paid | PartiallyRefunded) {
-                    let committed: i64 = m
-                        .refunds
-                        .iter()
-                        .filter(|(tx, _, s)| tx.is_none() && *s != RefundState::Failed)
-                        .map(|r| r.1)
-                        .sum();
-                    let left = PRICE - committed;
-                    let amount = if v.refund_full { left } else { PARTIAL };
-                    if amount > 0 && amount <= left {
-                        let state = if v.refund_succeeds {
-                            RefundState::Succeeded
-                        } else {
-                            RefundState::Failed
-                        };
-                        m.refunds.push((None, amount, state));
-                        if v.refund_succeeds {
-                            m.status = if committed + amount >= PRICE {
-                                Refunded
-                            } else {
-                                PartiallyRefunded
-                            };
-                        }
-                    }
-                }
+                m.refund(v.refund_full, v.refund_succeeds);
             }
         }
     }
