@@ -11,6 +11,8 @@ use crate::provider::Providers;
 
 pub mod actor;
 #[cfg(test)]
+mod clock_jump_tests;
+#[cfg(test)]
 mod engine_model_tests;
 pub mod machine;
 #[cfg(test)]
