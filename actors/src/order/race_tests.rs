@@ -205,9 +205,7 @@ async fn round(
                 tokio::time::sleep(Duration::from_millis(lag_ms - 8)).await;
             }
             let tx = format!("tx-{no}");
-            let Some(report) = ledger.pay(&no, &tx) else {
-                return None;
-            };
+            let report = ledger.pay(&no, &tx)?;
             let notification = NotificationRecord {
                 provider: ProviderKind::Mock,
                 event_id: format!("EV-{tx}"),
