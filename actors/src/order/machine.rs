@@ -260,19 +260,19 @@ pub fn step(
                 next.qr_code_url = qr_code_url;
                 next.payment_url = payment_url;
                 next.provider_trade_ref = trade_ref;
-            } else if !order.trade_opened && order.status.is_final() {
+            } else if !order.trade_opened && unpaid_final(order.status) {
                 // Cancelled (or failed) while the trade was being opened: the trade
                 // now exists at the provider, so close it before anyone can pay it.
                 next.trade_opened = true;
                 next.provider_trade_ref = trade_ref;
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::TradeOpenFailed { reason } => {
             if order.status == OrderStatus::Pending && !order.trade_opened {
                 fail(&mut next, format!("provider_error: {reason}"));
                 // A timed-out create may still have opened the trade: close it.
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::RefreshQr => {
@@ -293,7 +293,7 @@ pub fn step(
         Event::PaymentFailed { reason } => {
             if order.status == OrderStatus::Pending {
                 fail(&mut next, reason);
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::QueryResult(outcome) => query_result(&mut next, &mut effects, outcome, now, policy),
@@ -307,7 +307,7 @@ pub fn step(
             next.closing = None;
             next.timers = Default::default();
             if order.trade_opened {
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::RequestRefund {
@@ -384,6 +384,66 @@ fn set_timer(order: &mut Order, kind: TimerKind, at: Timestamp) {
     });
 }
 
+/// Cancelled, expired or failed: no payment was granted, but the provider's trade
+/// may still take one until it is closed.
+fn unpaid_final(status: OrderStatus) -> bool {
+    status.is_final() && !status.is_paid()
+}
+
+/// A cancelled or failed order still has an open trade at the provider: close it,
+/// then query it, with a persisted `Retry` watchdog that re-issues a close or query
+/// whose answer failed or was lost (a crash). Without it, a payment that slipped in
+/// before the close was learnt only from a callback — and with callbacks lost, never
+/// (found by the deterministic simulation).
+fn close_final(order: &mut Order, effects: &mut Vec<Effect>, now: Timestamp, policy: &Policy) {
+    order.closing = Some(CloseStep::Close);
+    order.retry_count = 0;
+    effects.push(Effect::Close);
+    set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+}
+
+fn finish_close(order: &mut Order) {
+    order.closing = None;
+    order.retry_count = 0;
+    order.timers.retry = None;
+}
+
+/// The watchdog of a final order's close sequence fired: re-issue the call, backing
+/// off. When the retries are spent before the trade's own expiry, one more query is
+/// made after it — past it the provider takes no payment, so that answer is final.
+fn retry_final_close(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    let Some(step) = order.closing else { return };
+    if order.retry_count >= policy.query_retry_max {
+        if now < order.expire_at {
+            order.closing = Some(CloseStep::QueryAfterClose);
+            order.retry_count = 0;
+            set_timer(
+                order,
+                TimerKind::Retry,
+                order.expire_at.plus_ms(policy.retry_base_ms),
+            );
+        } else {
+            finish_close(order);
+        }
+        return;
+    }
+    order.retry_count += 1;
+    effects.push(if step == CloseStep::Close {
+        Effect::Close
+    } else {
+        Effect::Query
+    });
+    let delay = policy
+        .retry_base_ms
+        .saturating_mul(1i64 << order.retry_count.min(10));
+    set_timer(order, TimerKind::Retry, now.plus_ms(delay));
+}
+
 fn fail(order: &mut Order, reason: String) {
     order.status = OrderStatus::Failed;
     order.failure_reason = Some(reason);
@@ -402,6 +462,9 @@ fn timer_fired(
         return refund::poll(order, effects, now, policy);
     }
     if order.status != OrderStatus::Pending {
+        if kind == TimerKind::Retry && unpaid_final(order.status) {
+            retry_final_close(order, effects, now, policy);
+        }
         return;
     }
     match kind {
@@ -496,9 +559,22 @@ fn query_result(
     policy: &Policy,
 ) {
     if let QueryOutcome::Paid(report) = outcome {
-        return confirm(order, effects, report, now, policy);
+        let closing_final = unpaid_final(order.status) && order.closing.is_some();
+        confirm(order, effects, report, now, policy);
+        if closing_final && unpaid_final(order.status) {
+            // The query after the close found the payment: the sequence is done.
+            finish_close(order);
+        }
+        return;
     }
     if order.status != OrderStatus::Pending {
+        if unpaid_final(order.status)
+            && order.closing == Some(CloseStep::QueryAfterClose)
+            && !matches!(outcome, QueryOutcome::Error { .. })
+        {
+            // Closed and not paid: nothing can be paid on this trade any more.
+            finish_close(order);
+        }
         return;
     }
     match (order.closing, outcome) {
@@ -506,7 +582,7 @@ fn query_result(
         (_, QueryOutcome::Error { .. }) => {}
         (None | Some(CloseStep::QueryAfterClose), QueryOutcome::Failed { reason }) => {
             fail(order, reason);
-            effects.push(Effect::Close);
+            close_final(order, effects, now, policy);
         }
         // Not paid yet, or closed at the provider by its own expiry: the expiry
         // deadline finishes the order through the usual sequence.
@@ -531,10 +607,16 @@ fn close_result(
         (OrderStatus::Pending, Some(CloseStep::Close), _) => {
             advance(order, effects, CloseStep::Close, now, policy)
         }
-        // A close after cancel (or failure) found the trade paid: learn the payment,
-        // which then follows the late-payment rule.
-        (status, _, CloseOutcome::AlreadyPaid) if status.is_final() => {
+        // After a cancel (or failure): closed, or found paid — either way the query
+        // after it decides; a payment it finds follows the late-payment rule.
+        (status, Some(CloseStep::Close), CloseOutcome::Closed)
+        | (status, _, CloseOutcome::AlreadyPaid)
+            if unpaid_final(status) =>
+        {
+            order.closing = Some(CloseStep::QueryAfterClose);
+            order.retry_count = 0;
             effects.push(Effect::Query);
+            set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
         }
         _ => {}
     }

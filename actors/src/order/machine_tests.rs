@@ -542,8 +542,13 @@ proptest! {
             }
             // No deadline survives a non-pending order, but the refund poll while
             // refunds are processing.
+            // A cancelled or failed order keeps one more: the watchdog of the close
+            // (and query) it still owes the provider.
             if t.next.status != OrderStatus::Pending {
-                prop_assert!(t.next.timers.iter().all(|(k, _)| k == TimerKind::RefundPoll));
+                let closing = t.next.closing.is_some() && !t.next.status.is_paid();
+                prop_assert!(t.next.timers.iter().all(|(k, _)| k == TimerKind::RefundPoll
+                    || (k == TimerKind::Retry && closing)));
+                prop_assert_eq!(t.next.timers.retry.is_some(), closing);
             }
             let processing = t.next.refunds.iter().any(|r| r.state == RefundState::Processing);
             prop_assert_eq!(t.next.timers.refund_poll.is_some(), processing);
@@ -659,4 +664,83 @@ fn a_dispute_is_an_anomaly_updated_by_status_that_never_moves_the_order() {
         LatePaymentPolicy::Grant,
     );
     assert_eq!(second.next.anomalies.len(), 2);
+}
+
+/// A cancelled order still owes the provider a close and a query: a lost or failed
+/// answer is re-issued by the persisted watchdog, backing off, and the query after
+/// the trade's own expiry is the last word.
+#[test]
+fn a_cancelled_orders_close_is_retried_until_the_provider_answers() {
+    let pol = policy(LatePaymentPolicy::Grant);
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let mut o = run(
+        &o,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    assert_eq!(o.closing, Some(CloseStep::Close));
+    // The close is never answered: re-issued, backing off, then one query after the
+    // trade's expiry, re-issued in turn, and then it stops.
+    let mut calls = vec![];
+    while let Some(t) = o.timers.retry {
+        let fired = step(
+            &o,
+            Event::Timer {
+                kind: TimerKind::Retry,
+                generation: t.generation,
+            },
+            t.at,
+            &pol,
+        )
+        .unwrap();
+        calls.extend(fired.effects.clone());
+        o = fired.next;
+        assert!(calls.len() < 20, "the watchdog never stops");
+    }
+    assert_eq!(o.status, OrderStatus::Cancelled);
+    assert_eq!(o.closing, None);
+    assert_eq!(calls.iter().filter(|e| **e == Effect::Close).count(), 5);
+    assert_eq!(calls.iter().filter(|e| **e == Effect::Query).count(), 5);
+    // Answered: closed, then the query after it finds nothing — done.
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: None,
+            payment_url: Some("u".into()),
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let o = run(
+        &o,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let t = run(
+        &o,
+        Event::CloseResult(CloseOutcome::Closed),
+        LatePaymentPolicy::Grant,
+    );
+    assert_eq!(t.effects, vec![Effect::Query]);
+    assert_eq!(t.next.closing, Some(CloseStep::QueryAfterClose));
+    let done = run(
+        &t.next,
+        Event::QueryResult(QueryOutcome::Closed),
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    assert_eq!((done.closing, done.timers.retry), (None, None));
+    assert_eq!(done.status, OrderStatus::Cancelled);
 }
