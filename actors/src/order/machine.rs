@@ -210,6 +210,9 @@ pub enum AlertKind {
     LatePayment,
     Dispute,
     RefundAbnormal,
+    /// A closed (cancelled, expired, failed) order's trade was never confirmed closed
+    /// and unpaid by the provider, a day past its expiry: check it by hand.
+    CloseUnconfirmed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -408,9 +411,17 @@ fn finish_close(order: &mut Order) {
     order.timers.retry = None;
 }
 
-/// The watchdog of a final order's close sequence fired: re-issue the call, backing
-/// off. When the retries are spent before the trade's own expiry, one more query is
-/// made after it — past it the provider takes no payment, so that answer is final.
+/// How long past its expiry a closed order's trade is still asked about. Providers
+/// keep trades far longer; their callbacks stop after about a day.
+const CONFIRM_CLOSE_FOR_MS: i64 = 24 * 3_600_000;
+/// The longest pause between two attempts.
+const CONFIRM_CLOSE_MAX_DELAY_MS: i64 = 3_600_000;
+
+/// The watchdog of a closed order's close sequence fired: the close or the query
+/// after it was not answered (failed, timed out, or lost with a crashed actor), so
+/// it is re-issued, backing off up to an hour between attempts, until a day past the
+/// trade's expiry; then an operator is alerted. Money the provider took before the
+/// close is found this way even when no callback ever arrives.
 fn retry_final_close(
     order: &mut Order,
     effects: &mut Vec<Effect>,
@@ -418,21 +429,18 @@ fn retry_final_close(
     policy: &Policy,
 ) {
     let Some(step) = order.closing else { return };
-    if order.retry_count >= policy.query_retry_max {
-        if now < order.expire_at {
-            order.closing = Some(CloseStep::QueryAfterClose);
-            order.retry_count = 0;
-            set_timer(
-                order,
-                TimerKind::Retry,
-                order.expire_at.plus_ms(policy.retry_base_ms),
-            );
-        } else {
-            finish_close(order);
-        }
+    if now >= order.expire_at.plus_ms(CONFIRM_CLOSE_FOR_MS) {
+        finish_close(order);
+        effects.push(Effect::Alert {
+            kind: AlertKind::CloseUnconfirmed,
+            detail: format!(
+                "the provider never confirmed that the trade of this {} order is closed and unpaid",
+                order.status.as_str()
+            ),
+        });
         return;
     }
-    order.retry_count += 1;
+    order.retry_count = order.retry_count.saturating_add(1);
     effects.push(if step == CloseStep::Close {
         Effect::Close
     } else {
@@ -440,7 +448,8 @@ fn retry_final_close(
     });
     let delay = policy
         .retry_base_ms
-        .saturating_mul(1i64 << order.retry_count.min(10));
+        .saturating_mul(1i64 << order.retry_count.min(20))
+        .min(CONFIRM_CLOSE_MAX_DELAY_MS.max(policy.retry_base_ms));
     set_timer(order, TimerKind::Retry, now.plus_ms(delay));
 }
 
@@ -489,6 +498,13 @@ fn timer_fired(
                 // The provider kept failing: move on. Its own `time_expire` has passed,
                 // and a payment that surfaces later is handled as a late payment.
                 advance(order, effects, step, now, policy);
+                if step == CloseStep::QueryAfterClose {
+                    // Expired without the last answer: keep asking for it (the watchdog
+                    // of a closed order), so a payment made before expiry is found
+                    // even when its callback never comes.
+                    order.closing = Some(CloseStep::QueryAfterClose);
+                    set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+                }
                 return;
             }
             order.retry_count += 1;
