@@ -405,6 +405,14 @@ fn close_final(order: &mut Order, effects: &mut Vec<Effect>, now: Timestamp, pol
     set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
 }
 
+/// The provider says the trade is paid: query until an answer reports the payment.
+fn query_paid_trade(order: &mut Order, effects: &mut Vec<Effect>, now: Timestamp, policy: &Policy) {
+    order.closing = Some(CloseStep::QueryAfterPaidClose);
+    order.retry_count = 0;
+    effects.push(Effect::Query);
+    set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+}
+
 fn finish_close(order: &mut Order) {
     order.closing = None;
     order.retry_count = 0;
@@ -416,11 +424,14 @@ fn finish_close(order: &mut Order) {
 const CONFIRM_CLOSE_FOR_MS: i64 = 24 * 3_600_000;
 /// The longest pause between two attempts.
 const CONFIRM_CLOSE_MAX_DELAY_MS: i64 = 3_600_000;
+/// And at least this many attempts before giving up, however the time went (payd
+/// down for hours fires an overdue deadline once, not once per missed hour).
+const CONFIRM_CLOSE_MIN_ATTEMPTS: u32 = 20;
 
 /// The watchdog of a closed order's close sequence fired: the close or the query
 /// after it was not answered (failed, timed out, or lost with a crashed actor), so
 /// it is re-issued, backing off up to an hour between attempts, until a day past the
-/// trade's expiry; then an operator is alerted. Money the provider took before the
+/// trade's expiry and at least 20 attempts; then an operator is alerted. Money the provider took before the
 /// close is found this way even when no callback ever arrives.
 fn retry_final_close(
     order: &mut Order,
@@ -429,7 +440,9 @@ fn retry_final_close(
     policy: &Policy,
 ) {
     let Some(step) = order.closing else { return };
-    if now >= order.expire_at.plus_ms(CONFIRM_CLOSE_FOR_MS) {
+    if now >= order.expire_at.plus_ms(CONFIRM_CLOSE_FOR_MS)
+        && order.retry_count >= CONFIRM_CLOSE_MIN_ATTEMPTS
+    {
         finish_close(order);
         effects.push(Effect::Alert {
             kind: AlertKind::CloseUnconfirmed,
@@ -494,6 +507,16 @@ fn timer_fired(
         TimerKind::RefundPoll => {}
         TimerKind::Retry => {
             let Some(step) = order.closing else { return };
+            if step == CloseStep::QueryAfterPaidClose {
+                // Paid at the provider: keep asking (backing off) rather than expire
+                // an order whose payment is known to exist; after a day, expire it
+                // and alert.
+                retry_final_close(order, effects, now, policy);
+                if order.closing.is_none() {
+                    order.status = OrderStatus::Expired;
+                }
+                return;
+            }
             if order.retry_count >= policy.query_retry_max {
                 // The provider kept failing: move on. Its own `time_expire` has passed,
                 // and a payment that surfaces later is handled as a late payment.
@@ -559,7 +582,7 @@ fn advance(
             effects.push(Effect::Query);
             set_timer(order, TimerKind::Retry, watchdog);
         }
-        CloseStep::QueryAfterClose => {
+        CloseStep::QueryAfterClose | CloseStep::QueryAfterPaidClose => {
             order.status = OrderStatus::Expired;
             order.closing = None;
             order.timers = Default::default();
@@ -596,6 +619,8 @@ fn query_result(
     match (order.closing, outcome) {
         // An error changes nothing: the next poll, or the watchdog, asks again.
         (_, QueryOutcome::Error { .. }) => {}
+        // The close said paid: an answer without the payment was sent before it.
+        (Some(CloseStep::QueryAfterPaidClose), _) => {}
         (None | Some(CloseStep::QueryAfterClose), QueryOutcome::Failed { reason }) => {
             fail(order, reason);
             close_final(order, effects, now, policy);
@@ -620,19 +645,24 @@ fn close_result(
 ) {
     match (order.status, order.closing, outcome) {
         (_, _, CloseOutcome::Error { .. }) => {}
+        // Paid: a query learns the payment. Only an answer that reports it ends the
+        // sequence; the order is not expired meanwhile.
+        (OrderStatus::Pending, Some(_), CloseOutcome::AlreadyPaid) => {
+            query_paid_trade(order, effects, now, policy)
+        }
         (OrderStatus::Pending, Some(CloseStep::Close), _) => {
             advance(order, effects, CloseStep::Close, now, policy)
         }
-        // After a cancel (or failure): closed, or found paid — either way the query
-        // after it decides; a payment it finds follows the late-payment rule.
-        (status, Some(CloseStep::Close), CloseOutcome::Closed)
-        | (status, _, CloseOutcome::AlreadyPaid)
-            if unpaid_final(status) =>
-        {
+        // After a cancel (or failure): closed — the query after it decides; or found
+        // paid — the query learns the payment, which follows the late-payment rule.
+        (status, Some(CloseStep::Close), CloseOutcome::Closed) if unpaid_final(status) => {
             order.closing = Some(CloseStep::QueryAfterClose);
             order.retry_count = 0;
             effects.push(Effect::Query);
             set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+        }
+        (status, _, CloseOutcome::AlreadyPaid) if unpaid_final(status) => {
+            query_paid_trade(order, effects, now, policy)
         }
         _ => {}
     }

@@ -756,3 +756,65 @@ fn a_cancelled_orders_close_is_retried_until_the_provider_answers() {
     assert_eq!((done.closing, done.timers.retry), (None, None));
     assert_eq!(done.status, OrderStatus::Cancelled);
 }
+
+/// Found by the simulation (seed 10987384483653195593 of 100 000): a poll's "not
+/// paid", sent before the buyer paid and answered after the close had said "already
+/// paid", was taken for the query after the close — the cancelled order stopped
+/// asking and the payment was never learnt (an expiring order would have expired). Once
+/// the close says paid, only an answer that reports the payment ends the sequence.
+#[test]
+fn a_stale_not_paid_answer_after_a_close_found_the_trade_paid_is_ignored() {
+    let paid = match pay("tx1", 990) {
+        Event::Confirmed(r) => QueryOutcome::Paid(r),
+        _ => unreachable!(),
+    };
+    let opened = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    // Cancelled, and the expiring order: both hear "already paid" from the close.
+    let cancelled = run(
+        &opened,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let expiring = fire(&opened, TimerKind::Expire).next;
+    let expiring = run(
+        &expiring,
+        Event::QueryResult(QueryOutcome::NotPaid),
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    assert_eq!(expiring.closing, Some(CloseStep::Close));
+    for o in [cancelled, expiring] {
+        let t = run(
+            &o,
+            Event::CloseResult(CloseOutcome::AlreadyPaid),
+            LatePaymentPolicy::Grant,
+        );
+        assert_eq!(t.effects, vec![Effect::Query]);
+        let mut o = t.next;
+        for stale in [QueryOutcome::NotPaid, QueryOutcome::Closed] {
+            o = run(&o, Event::QueryResult(stale), LatePaymentPolicy::Grant).next;
+            assert_eq!(o.closing, Some(CloseStep::QueryAfterPaidClose));
+            assert!(o.timers.retry.is_some(), "the watchdog still asks");
+        }
+        assert_ne!(o.status, OrderStatus::Expired);
+        let done = run(
+            &o,
+            Event::QueryResult(paid.clone()),
+            LatePaymentPolicy::Grant,
+        )
+        .next;
+        assert_eq!(done.status, OrderStatus::Paid);
+        assert!(done.granted);
+        assert_eq!(done.closing, None);
+    }
+}

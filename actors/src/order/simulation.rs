@@ -1486,6 +1486,31 @@ fn a_close_that_keeps_failing_is_retried_until_the_payment_before_it_is_found() 
     assert!(o.granted && o.late_payment, "{:?}", o.status);
 }
 
+/// Found by the simulation (seed 9737309932490801543 of 100 000, no callbacks): the
+/// query after a cancel's close went unanswered four times while hours passed between
+/// scheduler firings (as when payd is down), and the day-long horizon alone ended the
+/// retries. Giving up now also takes 20 attempts.
+#[test]
+fn hours_between_attempts_do_not_use_up_the_close_retries() {
+    let mut sim = Sim::quiet(LatePaymentPolicy::Refund);
+    sim.notify_broken = true;
+    sim.advance(10 * SEC);
+    sim.pay(0, "tx1", 990);
+    sim.faults.provider_error = 1000;
+    sim.apply(0, Event::Cancel { by: Actor::User }, None)
+        .expect("cancelled");
+    // The provider fails every call, and each attempt is 8 hours after the last.
+    for _ in 0..6 {
+        sim.advance(8 * HOUR);
+    }
+    sim.settle();
+    sim.check_store(true);
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    let o = sim.stored(0);
+    assert_eq!(o.status, OrderStatus::Cancelled);
+    assert_eq!(o.refunds[0].state, RefundState::Succeeded);
+}
+
 #[test]
 fn simulation_replays_a_seed_to_the_same_trace_hash() {
     for n in 0..20 {
