@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use payd_storage::{ReadView, StorageError, Store, WriteCtx};
+use payd_storage::{Key, ReadView, Record, StorageError, Store, Table, WriteCtx};
 
 use crate::model::{
     Entitlements, HistoryEntry, Membership, NotificationRecord, Order, OrderStatus, Package,
@@ -24,6 +24,36 @@ pub enum CommandError {
     VersionConflict { stored: u64, expected: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// The reads and writes a storage command makes. The storage writer's [`WriteCtx`]
+/// is the real one; the deterministic simulation (`order/simulation.rs`) runs the very
+/// same command code against an in-memory store through it, so what it checks is what
+/// production runs.
+pub trait CommandCtx {
+    fn get<K: Key, V: Record>(
+        &self,
+        table: &Table<K, V>,
+        key: &K,
+    ) -> Result<Option<V>, StorageError>;
+    fn put<K: Key, V: Record>(&mut self, table: &Table<K, V>, key: &K, value: &V);
+    fn delete<K: Key, V: Record>(&mut self, table: &Table<K, V>, key: &K);
+}
+
+impl CommandCtx for WriteCtx<'_> {
+    fn get<K: Key, V: Record>(
+        &self,
+        table: &Table<K, V>,
+        key: &K,
+    ) -> Result<Option<V>, StorageError> {
+        WriteCtx::get(self, table, key)
+    }
+    fn put<K: Key, V: Record>(&mut self, table: &Table<K, V>, key: &K, value: &V) {
+        WriteCtx::put(self, table, key, value)
+    }
+    fn delete<K: Key, V: Record>(&mut self, table: &Table<K, V>, key: &K) {
+        WriteCtx::delete(self, table, key)
+    }
 }
 
 /// Submits a command and folds the store's error into the command's.
@@ -83,57 +113,77 @@ pub async fn create_order_opened(
     outbox: bool,
 ) -> Result<Order, CommandError> {
     run(store, move |ctx| {
-        if ctx.get(&ORDERS, &order.order_no)?.is_some() {
-            return Err(CommandError::AlreadyExists);
-        }
-        if let Some(u) = &upgrade {
-            ctx.put(&UPGRADES, &order.order_no, u);
-        }
-        ctx.put(
-            &USER_ORDERS,
-            &(
-                order.user_id.clone(),
-                order.created_at.ms(),
-                order.order_no.clone(),
-            ),
-            &Marker,
-        );
-        ctx.put(
-            &TIMELINE,
-            &(order.order_no.clone(), order.version),
-            &TimelineEntry {
-                at: order.created_at,
-                from: OrderStatus::Pending,
-                to: OrderStatus::Pending,
-                event: "created".into(),
-                actor: crate::model::Actor::User,
-                reason: None,
-            },
-        );
-        let stored = match opened {
-            None => order,
-            Some((mut next, entry)) => {
-                next.version = order.version + 1;
-                ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
-                if outbox {
-                    crate::outbox::record_transition(ctx, &order, &next)?;
-                }
-                next
-            }
-        };
-        for (kind, t) in stored.timers.iter() {
-            ctx.put(
-                &DEADLINES,
-                &deadline_key(&stored.order_no, kind, t.at),
-                &DeadlineRef {
-                    generation: t.generation,
-                },
-            );
-        }
-        ctx.put(&ORDERS, &stored.order_no, &stored);
-        Ok(stored)
+        write_new_order_opened(ctx, order, opened, upgrade, outbox)
     })
     .await
+}
+
+/// The body of [`create_order_priced`]: what storing a new order writes.
+pub fn write_new_order<C: CommandCtx>(
+    ctx: &mut C,
+    order: Order,
+    upgrade: Option<crate::model::UpgradePricing>,
+) -> Result<Order, CommandError> {
+    write_new_order_opened(ctx, order, None, upgrade, false)
+}
+
+/// The body of [`create_order_opened`].
+pub fn write_new_order_opened<C: CommandCtx>(
+    ctx: &mut C,
+    order: Order,
+    opened: Option<(Order, TimelineEntry)>,
+    upgrade: Option<crate::model::UpgradePricing>,
+    outbox: bool,
+) -> Result<Order, CommandError> {
+    if ctx.get(&ORDERS, &order.order_no)?.is_some() {
+        return Err(CommandError::AlreadyExists);
+    }
+    if let Some(u) = &upgrade {
+        ctx.put(&UPGRADES, &order.order_no, u);
+    }
+    ctx.put(
+        &USER_ORDERS,
+        &(
+            order.user_id.clone(),
+            order.created_at.ms(),
+            order.order_no.clone(),
+        ),
+        &Marker,
+    );
+    ctx.put(
+        &TIMELINE,
+        &(order.order_no.clone(), order.version),
+        &TimelineEntry {
+            at: order.created_at,
+            from: OrderStatus::Pending,
+            to: OrderStatus::Pending,
+            event: "created".into(),
+            actor: crate::model::Actor::User,
+            reason: None,
+        },
+    );
+    let stored = match opened {
+        None => order,
+        Some((mut next, entry)) => {
+            next.version = order.version + 1;
+            ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
+            if outbox {
+                crate::outbox::record_transition(ctx, &order, &next)?;
+            }
+            next
+        }
+    };
+    for (kind, t) in stored.timers.iter() {
+        ctx.put(
+            &DEADLINES,
+            &deadline_key(&stored.order_no, kind, t.at),
+            &DeadlineRef {
+                generation: t.generation,
+            },
+        );
+    }
+    ctx.put(&ORDERS, &stored.order_no, &stored);
+    Ok(stored)
 }
 
 /// One order transition, as the order actor hands it to storage.
@@ -166,92 +216,100 @@ pub enum RefundOp {
 /// history entry, and the webhook events it announces (the outbox). All in one
 /// command, so all durable together.
 pub async fn apply_transition(store: &Store, w: TransitionWrite) -> Result<Order, CommandError> {
-    run(store, move |ctx| {
-        let TransitionWrite {
-            from_version,
-            mut next,
-            grant,
-            timeline,
-            tiers,
-            notification,
-            refund_ops,
-            outbox,
-        } = w;
-        let stored = ctx
-            .get(&ORDERS, &next.order_no)?
-            .ok_or(CommandError::NotFound)?;
-        if stored.version != from_version {
-            return Err(CommandError::VersionConflict {
-                stored: stored.version,
-                expected: from_version,
-            });
+    run(store, move |ctx| write_transition(ctx, w)).await
+}
+
+/// The body of [`apply_transition`]: what one transition writes, inside a command.
+pub fn write_transition<C: CommandCtx>(
+    ctx: &mut C,
+    w: TransitionWrite,
+) -> Result<Order, CommandError> {
+    let TransitionWrite {
+        from_version,
+        mut next,
+        grant,
+        timeline,
+        tiers,
+        notification,
+        refund_ops,
+        outbox,
+    } = w;
+    let stored = ctx
+        .get(&ORDERS, &next.order_no)?
+        .ok_or(CommandError::NotFound)?;
+    if stored.version != from_version {
+        return Err(CommandError::VersionConflict {
+            stored: stored.version,
+            expected: from_version,
+        });
+    }
+    for (kind, t) in stored.timers.iter() {
+        if next.timers.get(kind) != Some(t) {
+            ctx.delete(&DEADLINES, &deadline_key(&next.order_no, kind, t.at));
         }
-        for (kind, t) in stored.timers.iter() {
-            if next.timers.get(kind) != Some(t) {
-                ctx.delete(&DEADLINES, &deadline_key(&next.order_no, kind, t.at));
-            }
-        }
-        for (kind, t) in next.timers.iter() {
-            if stored.timers.get(kind) != Some(t) {
-                ctx.put(
-                    &DEADLINES,
-                    &deadline_key(&next.order_no, kind, t.at),
-                    &DeadlineRef {
-                        generation: t.generation,
-                    },
-                );
-            }
-        }
-        next.version = stored.version + 1;
-        // The first transition out of pending settles the order, whatever came after.
-        next.settled_at = stored
-            .settled_at
-            .or((next.status != OrderStatus::Pending).then_some(next.updated_at));
-        if let Some(entry) = timeline {
-            ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
-        }
-        // Granted at most once, whatever the caller believes.
-        if grant && !stored.granted && next.granted {
-            let mut ent = ctx.get(&ENTITLEMENTS, &next.user_id)?.unwrap_or_default();
-            let now = next.updated_at;
-            let upgrade = ctx.get(&UPGRADES, &next.order_no)?;
-            let entry = grant_package(
-                &mut ent,
-                &next.package,
-                &tiers,
-                now,
-                &next.order_no,
-                (next.amount_minor, &next.currency),
-                upgrade.as_ref(),
+    }
+    for (kind, t) in next.timers.iter() {
+        if stored.timers.get(kind) != Some(t) {
+            ctx.put(
+                &DEADLINES,
+                &deadline_key(&next.order_no, kind, t.at),
+                &DeadlineRef {
+                    generation: t.generation,
+                },
             );
-            ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
-            ent.history_len += 1;
-            ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
         }
-        if !refund_ops.is_empty() {
-            let mut ent = ctx.get(&ENTITLEMENTS, &next.user_id)?.unwrap_or_default();
-            for op in &refund_ops {
-                if let Some(entry) = apply_refund_op(&mut ent, &mut next, op) {
-                    ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
-                    ent.history_len += 1;
-                }
+    }
+    next.version = stored.version + 1;
+    // The first transition out of pending settles the order, whatever came after.
+    next.settled_at = stored
+        .settled_at
+        .or((next.status != OrderStatus::Pending).then_some(next.updated_at));
+    if let Some(entry) = timeline {
+        ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
+    }
+    // Granted at most once, whatever the caller believes.
+    if grant && !stored.granted && next.granted {
+        let mut ent = ctx.get(&ENTITLEMENTS, &next.user_id)?.unwrap_or_default();
+        let now = next.updated_at;
+        let upgrade = ctx.get(&UPGRADES, &next.order_no)?;
+        let entry = grant_package(
+            &mut ent,
+            &next.package,
+            &tiers,
+            now,
+            &next.order_no,
+            (next.amount_minor, &next.currency),
+            upgrade.as_ref(),
+        );
+        ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
+        ent.history_len += 1;
+        ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
+    }
+    if !refund_ops.is_empty() {
+        let mut ent = ctx.get(&ENTITLEMENTS, &next.user_id)?.unwrap_or_default();
+        for op in &refund_ops {
+            if let Some(entry) = apply_refund_op(&mut ent, &mut next, op) {
+                ctx.put(&HISTORY, &(next.user_id.clone(), ent.history_len), &entry);
+                ent.history_len += 1;
             }
-            ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
         }
-        ctx.put(&ORDERS, &next.order_no, &next);
-        if outbox {
-            crate::outbox::record_transition(ctx, &stored, &next)?;
-        }
-        if let Some(n) = notification {
-            put_notification(ctx, n)?;
-        }
-        Ok(next)
-    })
-    .await
+        ctx.put(&ENTITLEMENTS, &next.user_id, &ent);
+    }
+    ctx.put(&ORDERS, &next.order_no, &next);
+    if outbox {
+        crate::outbox::record_transition(ctx, &stored, &next)?;
+    }
+    if let Some(n) = notification {
+        put_notification(ctx, n)?;
+    }
+    Ok(next)
 }
 
 /// Logs a verified callback; a repeated event id counts a delivery on the first record.
-fn put_notification(ctx: &mut WriteCtx<'_>, n: NotificationRecord) -> Result<(), CommandError> {
+pub(crate) fn put_notification<C: CommandCtx>(
+    ctx: &mut C,
+    n: NotificationRecord,
+) -> Result<(), CommandError> {
     let key = (n.provider.as_str().to_string(), n.event_id.clone());
     match ctx.get(&NOTIFICATIONS, &key)? {
         Some(mut first) => {

@@ -407,6 +407,10 @@ pub enum CloseStep {
     QueryBeforeClose = 0,
     Close = 1,
     QueryAfterClose = 2,
+    /// The close answered that the trade is paid: only a query that reports the
+    /// payment ends the sequence (an answer saying otherwise is a stale one, sent
+    /// before the payment).
+    QueryAfterPaidClose = 3,
 }
 
 /// An order and everything the state machine needs to decide its next step.

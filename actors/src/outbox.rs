@@ -9,9 +9,9 @@
 //! are delivered one at a time in that sequence (the deliverer's rule), so a host
 //! application never hears `order.refunded` before `order.paid`.
 
-use payd_storage::{ReadView, StorageError, Store, WriteCtx};
+use payd_storage::{ReadView, StorageError, Store};
 
-use crate::commands::{CommandError, run};
+use crate::commands::{CommandCtx, CommandError, run};
 use crate::model::{Order, RefundState, Timestamp, WebhookEvent, WebhookStatus};
 use crate::tables::{
     PendingWebhook, WEBHOOK_CURSOR, WEBHOOK_CURSOR_KEY, WEBHOOK_EVENTS, WEBHOOK_PENDING,
@@ -63,8 +63,8 @@ pub fn announcements(before: &Order, after: &Order) -> Vec<Announcement> {
 
 /// Writes the events of a transition into the outbox, inside the transition's own
 /// command. `after` must already carry its new version.
-pub(crate) fn record_transition(
-    ctx: &mut WriteCtx<'_>,
+pub(crate) fn record_transition<C: CommandCtx>(
+    ctx: &mut C,
     before: &Order,
     after: &Order,
 ) -> Result<(), CommandError> {

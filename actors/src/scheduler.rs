@@ -9,6 +9,11 @@
 //!
 //! A fired deadline stays in the index until the order's transition clears it. If
 //! that never happens (the actor crashed), it is fired again after `refire_after`.
+//!
+//! Deadlines are in wall time, but they fire by [`FiringClock`]: the wall clock, held
+//! back to what the monotonic clock has really run. A wall clock stepped forward
+//! (an operator, NTP after a long drift) therefore never expires an order early; a
+//! step backward delays deadlines by the step, which errs on the safe side.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,8 +62,41 @@ pub enum SchedulerMsg {
 
 pub struct Scheduler;
 
+/// The time deadlines fire by. It follows the wall clock whenever the wall clock is
+/// no further ahead than the monotonic clock has run since the last reading, and
+/// otherwise (a forward step) keeps counting monotonic time from the last trusted
+/// reading, so a jump ahead of the wall clock is never believed. A backward step is
+/// followed at once (deadlines then fire late by the step, never early). After a
+/// forward step, deadlines set later fire late by the step until payd restarts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FiringClock {
+    /// The last trusted reading: (wall time, monotonic ms) taken together.
+    anchor: Option<(Timestamp, i64)>,
+}
+
+impl FiringClock {
+    /// The firing time for a reading of both clocks. Returns it, and how far the wall
+    /// clock is ahead of it (0 unless it was stepped forward).
+    pub fn now(&mut self, wall: Timestamp, monotonic_ms: i64) -> (Timestamp, i64) {
+        let Some((anchor_wall, anchor_mono)) = self.anchor else {
+            self.anchor = Some((wall, monotonic_ms));
+            return (wall, 0);
+        };
+        let ran = anchor_wall.plus_ms(monotonic_ms.saturating_sub(anchor_mono).max(0));
+        if wall <= ran {
+            self.anchor = Some((wall, monotonic_ms));
+            (wall, 0)
+        } else {
+            (ran, wall.ms().saturating_sub(ran.ms()))
+        }
+    }
+}
+
 pub struct SchedulerState {
     args: Arc<SchedulerArgs>,
+    firing: FiringClock,
+    /// The forward step last warned about, so a step is logged once, not every tick.
+    warned_ahead_ms: i64,
     /// (order number, kind, generation) → when it was fired.
     fired: HashMap<(String, u8, u64), Timestamp>,
 }
@@ -76,6 +114,8 @@ impl Actor for Scheduler {
         let _ = myself.cast(SchedulerMsg::Tick);
         Ok(SchedulerState {
             args: Arc::new(args),
+            firing: FiringClock::default(),
+            warned_ahead_ms: 0,
             fired: HashMap::new(),
         })
     }
@@ -100,7 +140,14 @@ impl Actor for Scheduler {
 
 fn fire_due(st: &mut SchedulerState) -> Result<(), payd_storage::StorageError> {
     let args = st.args.clone();
-    let now = args.clock.now();
+    let (now, ahead_ms) = st.firing.now(args.clock.now(), args.clock.monotonic_ms());
+    if ahead_ms > 1_000 && (ahead_ms - st.warned_ahead_ms).abs() > 1_000 {
+        tracing::warn!(
+            ahead_ms,
+            "the wall clock jumped ahead of the time that really passed; deadlines fire by the time that passed"
+        );
+        st.warned_ahead_ms = ahead_ms;
+    }
     let refire_ms = args.config.refire_after.as_millis() as i64;
     let end = (now.ms() + 1).to_bytes();
     let view = args.store.read()?;
@@ -144,4 +191,43 @@ fn fire_due(st: &mut SchedulerState) -> Result<(), payd_storage::StorageError> {
     // Forget what has left the index (handled) — or what we could not see this time.
     st.fired.retain(|k, _| still_due.contains(k));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::FiringClock;
+    use crate::model::Timestamp;
+
+    proptest! {
+        /// Whatever the wall clock does (steps of up to ±2 hours, among readings that
+        /// advance by up to 10 minutes), the firing clock never runs ahead of the wall
+        /// clock nor of the time that really passed since the previous reading.
+        #[test]
+        fn the_firing_clock_never_runs_ahead_of_real_time(
+            moves in proptest::collection::vec((0i64..600_000, -7_200_000i64..7_200_000, any::<bool>()), 1..60)
+        ) {
+            let mut clock = FiringClock::default();
+            let (mut wall, mut mono) = (1_763_856_000_000i64, 0i64);
+            let (mut last, _) = clock.now(Timestamp(wall), mono);
+            for (passed, step, jumps) in moves {
+                wall += passed + if jumps { step } else { 0 };
+                mono += passed;
+                let (now, ahead) = clock.now(Timestamp(wall), mono);
+                prop_assert!(now.ms() <= wall);
+                prop_assert!(now.ms() <= last.ms() + passed, "ran ahead: {} > {} + {passed}", now.ms(), last.ms());
+                prop_assert_eq!(ahead, wall - now.ms());
+                last = now;
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_readings_do_not_panic() {
+        let mut clock = FiringClock::default();
+        for (wall, mono) in [(0, 0), (i64::MAX, i64::MIN), (i64::MIN, i64::MAX), (-5, 3)] {
+            let _ = clock.now(Timestamp(wall), mono);
+        }
+    }
 }

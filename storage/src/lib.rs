@@ -14,6 +14,8 @@
 
 mod codec;
 mod key;
+#[cfg(test)]
+mod model_tests;
 mod store;
 
 pub use codec::{Record, decode_record, encode_record};

@@ -72,9 +72,6 @@ pub enum OrderMsg {
         result: Result<Event, ProviderError>,
     },
     IdleCheck(u64),
-    /// An event the actor raises for itself (an automatic refund); not routed by the
-    /// supervisor, so it does not count in the passivation handshake.
-    Internal(Event),
     Stop,
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -208,11 +205,6 @@ async fn handle_message(
             }
             return Ok(());
         }
-        OrderMsg::Internal(event) => {
-            if let Err(e) = apply(&myself, st, event).await {
-                tracing::warn!(order_no = %st.order.order_no, error = %e, "internal event refused");
-            }
-        }
         OrderMsg::Stop => {
             tracing::debug!(order_no = %st.order.order_no, "order actor passivated");
             myself.stop(None);
@@ -272,6 +264,50 @@ fn storage_failed(
     }
 }
 
+/// The storage command for a transition (`None`: it changed nothing): the next order,
+/// the grant, the entitlement changes of refunds, the timeline entry when something a
+/// reader would notice changed, and the verified callback that caused it. Pure, so the
+/// deterministic simulation persists exactly what the actor persists.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn transition_write(
+    before: &Order,
+    transition: &crate::order::machine::Transition,
+    event_name: &str,
+    actor: crate::model::Actor,
+    now: crate::model::Timestamp,
+    tiers: &Arc<Vec<String>>,
+    webhooks: bool,
+    notification: &mut Option<NotificationRecord>,
+) -> Option<TransitionWrite> {
+    if transition.next == *before {
+        return None;
+    }
+    let timeline = timeline_entry(before, &transition.next, event_name, actor, now);
+    let refund_ops = transition
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::HoldEntitlement { refund_no } => Some(RefundOp::Hold(refund_no.clone())),
+            Effect::Clawback { refund_no } => Some(RefundOp::Clawback(refund_no.clone())),
+            Effect::ReleaseHold { refund_no } => Some(RefundOp::Release(refund_no.clone())),
+            _ => None,
+        })
+        .collect();
+    Some(TransitionWrite {
+        refund_ops,
+        from_version: before.version,
+        next: transition.next.clone(),
+        grant: transition.effects.contains(&Effect::Grant),
+        timeline,
+        tiers: tiers.clone(),
+        outbox: webhooks,
+        notification: notification.take().map(|mut n| {
+            n.result = "processed".into();
+            n
+        }),
+    })
+}
+
 async fn apply_logged(
     myself: &ActorRef<OrderMsg>,
     st: &mut OrderState,
@@ -283,31 +319,16 @@ async fn apply_logged(
     let actor = event.actor();
     let before = st.order.clone();
     let transition = step(&before, event, now, &st.deps.policy)?;
-    if transition.next != before {
-        let timeline = timeline_entry(&before, &transition.next, event_name, actor, now);
-        let refund_ops = transition
-            .effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::HoldEntitlement { refund_no } => Some(RefundOp::Hold(refund_no.clone())),
-                Effect::Clawback { refund_no } => Some(RefundOp::Clawback(refund_no.clone())),
-                Effect::ReleaseHold { refund_no } => Some(RefundOp::Release(refund_no.clone())),
-                _ => None,
-            })
-            .collect();
-        let write = TransitionWrite {
-            refund_ops,
-            from_version: before.version,
-            next: transition.next.clone(),
-            grant: transition.effects.contains(&Effect::Grant),
-            timeline,
-            tiers: st.deps.tiers.clone(),
-            outbox: st.deps.webhooks,
-            notification: notification.take().map(|mut n| {
-                n.result = "processed".into();
-                n
-            }),
-        };
+    if let Some(write) = transition_write(
+        &before,
+        &transition,
+        event_name,
+        actor,
+        now,
+        &st.deps.tiers,
+        st.deps.webhooks,
+        &mut notification,
+    ) {
         match commands::apply_transition(&st.deps.store, write).await {
             Ok(saved) => st.order = saved,
             Err(e) => return Err(storage_failed(myself, &before.order_no, event_name, e)),
@@ -405,23 +426,6 @@ fn dispatch(myself: &ActorRef<OrderMsg>, st: &mut OrderState, effect: Effect) {
                 })
             });
         }
-        Effect::QueueRefund {
-            transaction_id,
-            amount_minor,
-        } => {
-            // Recorded on the order as an open anomaly in the same transition; the
-            // refund itself is carried out by the refund path (admin / automatic).
-            // Recorded on the order as an open anomaly in the same transition; now
-            // refunded through the same path as any refund.
-            tracing::warn!(order_no = %order_no, transaction_id = %transaction_id, amount_minor,
-                "extra payment is refunded automatically");
-            let _ = myself.cast(OrderMsg::Internal(Event::RequestRefund {
-                amount_minor: Some(amount_minor),
-                reason: "automatic refund of a double or late payment".into(),
-                by: crate::model::Actor::System,
-                transaction_id: Some(transaction_id),
-            }));
-        }
         Effect::Alert { kind, detail } => {
             tracing::warn!(order_no = %order_no, alert = ?kind, detail = %detail, "payment alert");
         }
@@ -479,23 +483,52 @@ where
         };
         tracing::debug!(order_no = %order_no, op = ?op, ok = result.is_ok(),
             elapsed_ms = started.elapsed().as_millis() as u64, "provider call finished");
-        let result = match (op, result) {
-            // A re-issued code for a trade already open updates the QR only.
-            (
-                ProviderOp::Create,
-                Ok(Event::TradeOpened {
-                    qr_code_url: Some(url),
-                    ..
-                }),
-            ) if trade_was_open => Ok(Event::QrReissued { qr_code_url: url }),
-            // A failed first opening fails the order; a failed re-issue changes nothing.
-            (ProviderOp::Create, Err(e)) if !trade_was_open => {
-                Ok(Event::TradeOpenFailed { reason: e.message })
-            }
-            (_, r) => r,
-        };
+        let result = provider_answer(op, trade_was_open, result);
         let _ = me.cast(OrderMsg::ProviderDone { op, result });
     });
+}
+
+/// What a provider call's answer means to the order: a re-issued code for a trade
+/// already open updates the QR only; a failed first opening fails the order, a failed
+/// re-issue changes nothing. `trade_was_open` is as it stood when the call was made.
+pub(crate) fn provider_answer(
+    op: ProviderOp,
+    trade_was_open: bool,
+    result: Result<Event, ProviderError>,
+) -> Result<Event, ProviderError> {
+    match (op, result) {
+        (
+            ProviderOp::Create,
+            Ok(Event::TradeOpened {
+                qr_code_url: Some(url),
+                ..
+            }),
+        ) if trade_was_open => Ok(Event::QrReissued { qr_code_url: url }),
+        (ProviderOp::Create, Err(e)) if !trade_was_open => {
+            Ok(Event::TradeOpenFailed { reason: e.message })
+        }
+        (_, r) => r,
+    }
+}
+
+/// A refund call's answer as the machine sees it: a transient error is asked again
+/// by the refund poll, a permanent one fails the refund.
+pub(crate) fn refund_report(
+    answer: Result<crate::provider::RefundOutcome, ProviderError>,
+) -> RefundReport {
+    match answer {
+        Ok(a) => match a.status {
+            crate::provider::RefundStatus::Succeeded => RefundReport::Succeeded {
+                provider_refund_id: a.provider_refund_id,
+            },
+            crate::provider::RefundStatus::Processing => RefundReport::Processing {
+                provider_refund_id: a.provider_refund_id,
+            },
+            crate::provider::RefundStatus::Failed { reason } => RefundReport::Failed { reason },
+        },
+        Err(e) if e.transient => RefundReport::Error { reason: e.message },
+        Err(e) => RefundReport::Failed { reason: e.message },
+    }
 }
 
 /// Calls the provider about one refund: `query` asks how it stands (and re-issues it
@@ -522,21 +555,7 @@ fn spawn_refund(myself: &ActorRef<OrderMsg>, st: &mut OrderState, refund_no: Str
             } else {
                 p.refund(request).await
             };
-            let report = match answer {
-                Ok(a) => match a.status {
-                    crate::provider::RefundStatus::Succeeded => RefundReport::Succeeded {
-                        provider_refund_id: a.provider_refund_id,
-                    },
-                    crate::provider::RefundStatus::Processing => RefundReport::Processing {
-                        provider_refund_id: a.provider_refund_id,
-                    },
-                    crate::provider::RefundStatus::Failed { reason } => {
-                        RefundReport::Failed { reason }
-                    }
-                },
-                Err(e) if e.transient => RefundReport::Error { reason: e.message },
-                Err(e) => RefundReport::Failed { reason: e.message },
-            };
+            let report = refund_report(answer);
             Ok(Event::RefundResult { refund_no, report })
         })
     });

@@ -189,11 +189,6 @@ pub enum Effect {
     /// Grant the order's package to its buyer. Applied in the transition's own storage
     /// command, so a paid order and its grant are durable together or not at all.
     Grant,
-    /// A payment that must go back to the buyer (double or late payment).
-    QueueRefund {
-        transaction_id: String,
-        amount_minor: i64,
-    },
     /// Something an operator must hear about.
     Alert { kind: AlertKind, detail: String },
     /// Put the refunded share of the entitlement on hold (in the same command).
@@ -215,6 +210,9 @@ pub enum AlertKind {
     LatePayment,
     Dispute,
     RefundAbnormal,
+    /// A closed (cancelled, expired, failed) order's trade was never confirmed closed
+    /// and unpaid by the provider, a day past its expiry: check it by hand.
+    CloseUnconfirmed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,19 +263,19 @@ pub fn step(
                 next.qr_code_url = qr_code_url;
                 next.payment_url = payment_url;
                 next.provider_trade_ref = trade_ref;
-            } else if !order.trade_opened && order.status.is_final() {
+            } else if !order.trade_opened && unpaid_final(order.status) {
                 // Cancelled (or failed) while the trade was being opened: the trade
                 // now exists at the provider, so close it before anyone can pay it.
                 next.trade_opened = true;
                 next.provider_trade_ref = trade_ref;
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::TradeOpenFailed { reason } => {
             if order.status == OrderStatus::Pending && !order.trade_opened {
                 fail(&mut next, format!("provider_error: {reason}"));
                 // A timed-out create may still have opened the trade: close it.
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::RefreshQr => {
@@ -298,7 +296,7 @@ pub fn step(
         Event::PaymentFailed { reason } => {
             if order.status == OrderStatus::Pending {
                 fail(&mut next, reason);
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::QueryResult(outcome) => query_result(&mut next, &mut effects, outcome, now, policy),
@@ -312,7 +310,7 @@ pub fn step(
             next.closing = None;
             next.timers = Default::default();
             if order.trade_opened {
-                effects.push(Effect::Close);
+                close_final(&mut next, &mut effects, now, policy);
             }
         }
         Event::RequestRefund {
@@ -389,6 +387,85 @@ fn set_timer(order: &mut Order, kind: TimerKind, at: Timestamp) {
     });
 }
 
+/// Cancelled, expired or failed: no payment was granted, but the provider's trade
+/// may still take one until it is closed.
+fn unpaid_final(status: OrderStatus) -> bool {
+    status.is_final() && !status.is_paid()
+}
+
+/// A cancelled or failed order still has an open trade at the provider: close it,
+/// then query it, with a persisted `Retry` watchdog that re-issues a close or query
+/// whose answer failed or was lost (a crash). Without it, a payment that slipped in
+/// before the close was learnt only from a callback — and with callbacks lost, never
+/// (found by the deterministic simulation).
+fn close_final(order: &mut Order, effects: &mut Vec<Effect>, now: Timestamp, policy: &Policy) {
+    order.closing = Some(CloseStep::Close);
+    order.retry_count = 0;
+    effects.push(Effect::Close);
+    set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+}
+
+/// The provider says the trade is paid: query until an answer reports the payment.
+fn query_paid_trade(order: &mut Order, effects: &mut Vec<Effect>, now: Timestamp, policy: &Policy) {
+    order.closing = Some(CloseStep::QueryAfterPaidClose);
+    order.retry_count = 0;
+    effects.push(Effect::Query);
+    set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+}
+
+fn finish_close(order: &mut Order) {
+    order.closing = None;
+    order.retry_count = 0;
+    order.timers.retry = None;
+}
+
+/// How long past its expiry a closed order's trade is still asked about. Providers
+/// keep trades far longer; their callbacks stop after about a day.
+const CONFIRM_CLOSE_FOR_MS: i64 = 24 * 3_600_000;
+/// The longest pause between two attempts.
+const CONFIRM_CLOSE_MAX_DELAY_MS: i64 = 3_600_000;
+/// And at least this many attempts before giving up, however the time went (payd
+/// down for hours fires an overdue deadline once, not once per missed hour).
+const CONFIRM_CLOSE_MIN_ATTEMPTS: u32 = 20;
+
+/// The watchdog of a closed order's close sequence fired: the close or the query
+/// after it was not answered (failed, timed out, or lost with a crashed actor), so
+/// it is re-issued, backing off up to an hour between attempts, until a day past the
+/// trade's expiry and at least 20 attempts; then an operator is alerted. Money the provider took before the
+/// close is found this way even when no callback ever arrives.
+fn retry_final_close(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    let Some(step) = order.closing else { return };
+    if now >= order.expire_at.plus_ms(CONFIRM_CLOSE_FOR_MS)
+        && order.retry_count >= CONFIRM_CLOSE_MIN_ATTEMPTS
+    {
+        finish_close(order);
+        effects.push(Effect::Alert {
+            kind: AlertKind::CloseUnconfirmed,
+            detail: format!(
+                "the provider never confirmed that the trade of this {} order is closed and unpaid",
+                order.status.as_str()
+            ),
+        });
+        return;
+    }
+    order.retry_count = order.retry_count.saturating_add(1);
+    effects.push(if step == CloseStep::Close {
+        Effect::Close
+    } else {
+        Effect::Query
+    });
+    let delay = policy
+        .retry_base_ms
+        .saturating_mul(1i64 << order.retry_count.min(20))
+        .min(CONFIRM_CLOSE_MAX_DELAY_MS.max(policy.retry_base_ms));
+    set_timer(order, TimerKind::Retry, now.plus_ms(delay));
+}
+
 fn fail(order: &mut Order, reason: String) {
     order.status = OrderStatus::Failed;
     order.failure_reason = Some(reason);
@@ -407,6 +484,9 @@ fn timer_fired(
         return refund::poll(order, effects, now, policy);
     }
     if order.status != OrderStatus::Pending {
+        if kind == TimerKind::Retry && unpaid_final(order.status) {
+            retry_final_close(order, effects, now, policy);
+        }
         return;
     }
     match kind {
@@ -427,10 +507,27 @@ fn timer_fired(
         TimerKind::RefundPoll => {}
         TimerKind::Retry => {
             let Some(step) = order.closing else { return };
+            if step == CloseStep::QueryAfterPaidClose {
+                // Paid at the provider: keep asking (backing off) rather than expire
+                // an order whose payment is known to exist; after a day, expire it
+                // and alert.
+                retry_final_close(order, effects, now, policy);
+                if order.closing.is_none() {
+                    order.status = OrderStatus::Expired;
+                }
+                return;
+            }
             if order.retry_count >= policy.query_retry_max {
                 // The provider kept failing: move on. Its own `time_expire` has passed,
                 // and a payment that surfaces later is handled as a late payment.
                 advance(order, effects, step, now, policy);
+                if step == CloseStep::QueryAfterClose {
+                    // Expired without the last answer: keep asking for it (the watchdog
+                    // of a closed order), so a payment made before expiry is found
+                    // even when its callback never comes.
+                    order.closing = Some(CloseStep::QueryAfterClose);
+                    set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+                }
                 return;
             }
             order.retry_count += 1;
@@ -485,7 +582,7 @@ fn advance(
             effects.push(Effect::Query);
             set_timer(order, TimerKind::Retry, watchdog);
         }
-        CloseStep::QueryAfterClose => {
+        CloseStep::QueryAfterClose | CloseStep::QueryAfterPaidClose => {
             order.status = OrderStatus::Expired;
             order.closing = None;
             order.timers = Default::default();
@@ -501,17 +598,32 @@ fn query_result(
     policy: &Policy,
 ) {
     if let QueryOutcome::Paid(report) = outcome {
-        return confirm(order, effects, report, now, policy);
+        let closing_final = unpaid_final(order.status) && order.closing.is_some();
+        confirm(order, effects, report, now, policy);
+        if closing_final && unpaid_final(order.status) {
+            // The query after the close found the payment: the sequence is done.
+            finish_close(order);
+        }
+        return;
     }
     if order.status != OrderStatus::Pending {
+        if unpaid_final(order.status)
+            && order.closing == Some(CloseStep::QueryAfterClose)
+            && !matches!(outcome, QueryOutcome::Error { .. })
+        {
+            // Closed and not paid: nothing can be paid on this trade any more.
+            finish_close(order);
+        }
         return;
     }
     match (order.closing, outcome) {
         // An error changes nothing: the next poll, or the watchdog, asks again.
         (_, QueryOutcome::Error { .. }) => {}
+        // The close said paid: an answer without the payment was sent before it.
+        (Some(CloseStep::QueryAfterPaidClose), _) => {}
         (None | Some(CloseStep::QueryAfterClose), QueryOutcome::Failed { reason }) => {
             fail(order, reason);
-            effects.push(Effect::Close);
+            close_final(order, effects, now, policy);
         }
         // Not paid yet, or closed at the provider by its own expiry: the expiry
         // deadline finishes the order through the usual sequence.
@@ -533,13 +645,24 @@ fn close_result(
 ) {
     match (order.status, order.closing, outcome) {
         (_, _, CloseOutcome::Error { .. }) => {}
+        // Paid: a query learns the payment. Only an answer that reports it ends the
+        // sequence; the order is not expired meanwhile.
+        (OrderStatus::Pending, Some(_), CloseOutcome::AlreadyPaid) => {
+            query_paid_trade(order, effects, now, policy)
+        }
         (OrderStatus::Pending, Some(CloseStep::Close), _) => {
             advance(order, effects, CloseStep::Close, now, policy)
         }
-        // A close after cancel (or failure) found the trade paid: learn the payment,
-        // which then follows the late-payment rule.
-        (status, _, CloseOutcome::AlreadyPaid) if status.is_final() => {
+        // After a cancel (or failure): closed — the query after it decides; or found
+        // paid — the query learns the payment, which follows the late-payment rule.
+        (status, Some(CloseStep::Close), CloseOutcome::Closed) if unpaid_final(status) => {
+            order.closing = Some(CloseStep::QueryAfterClose);
+            order.retry_count = 0;
             effects.push(Effect::Query);
+            set_timer(order, TimerKind::Retry, now.plus_ms(policy.retry_base_ms));
+        }
+        (status, _, CloseOutcome::AlreadyPaid) if unpaid_final(status) => {
+            query_paid_trade(order, effects, now, policy)
         }
         _ => {}
     }
@@ -619,10 +742,7 @@ fn confirm(
         );
         record(order, PaymentDisposition::DoublePayment);
         anomaly(order, AnomalyKind::DoublePayment, detail.clone());
-        effects.push(Effect::QueueRefund {
-            transaction_id: report.transaction_id.clone(),
-            amount_minor: report.amount_minor,
-        });
+        refund_extra_payment(order, effects, &report, now, policy);
         effects.push(Effect::Alert {
             kind: AlertKind::DoublePayment,
             detail,
@@ -647,16 +767,47 @@ fn confirm(
         LatePaymentPolicy::Refund => {
             record(order, PaymentDisposition::LateRefund);
             anomaly(order, AnomalyKind::LatePaymentRefund, detail.clone());
-            effects.push(Effect::QueueRefund {
-                transaction_id: report.transaction_id.clone(),
-                amount_minor: report.amount_minor,
-            });
+            refund_extra_payment(order, effects, &report, now, policy);
         }
     }
     effects.push(Effect::Alert {
         kind: AlertKind::LatePayment,
         detail,
     });
+}
+
+/// A double or late payment goes back to the buyer: its refund is opened in the same
+/// transition that records the payment, so it is durable with it. (It used to be a
+/// message the actor sent itself afterwards, which a crash could lose — found by the
+/// deterministic simulation.) The refund poll re-issues it if the call is lost.
+fn refund_extra_payment(
+    order: &mut Order,
+    effects: &mut Vec<Effect>,
+    report: &PaymentReport,
+    now: Timestamp,
+    policy: &Policy,
+) {
+    let opened = refund::request(
+        order,
+        effects,
+        Some(report.amount_minor),
+        "automatic refund of a double or late payment".into(),
+        Actor::System,
+        Some(report.transaction_id.clone()),
+        now,
+        policy,
+    );
+    if let Err(rejection) = opened {
+        // Cannot happen for a recorded extra payment of a positive amount; if it
+        // ever does, the open anomaly keeps it in front of an operator.
+        effects.push(Effect::Alert {
+            kind: AlertKind::RefundAbnormal,
+            detail: format!(
+                "automatic refund of {} could not be opened: {rejection}",
+                report.transaction_id
+            ),
+        });
+    }
 }
 
 /// A dispute is recorded once per dispute id and updated when its status changes; a

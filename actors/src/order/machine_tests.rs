@@ -96,9 +96,14 @@ fn a_second_transaction_is_a_double_payment_queued_for_refund() {
     let t = run(&paid, pay("tx2", 990), LatePaymentPolicy::Grant);
     assert_eq!(t.next.status, OrderStatus::Paid);
     assert!(!t.effects.contains(&Effect::Grant));
-    assert!(t.effects.contains(&Effect::QueueRefund {
-        transaction_id: "tx2".into(),
-        amount_minor: 990
+    // Its refund is opened in the same transition, so it is durable with the payment.
+    let r = &t.next.refunds[0];
+    assert_eq!(
+        (r.transaction_id.as_deref(), r.amount_minor, r.state),
+        (Some("tx2"), 990, RefundState::Processing)
+    );
+    assert!(t.effects.contains(&Effect::StartRefund {
+        refund_no: r.refund_no.clone()
     }));
     assert_eq!(t.next.anomalies[0].kind, AnomalyKind::DoublePayment);
 }
@@ -131,11 +136,15 @@ fn late_payment_follows_the_policy() {
     let refunded = run(&cancelled, pay("tx1", 990), LatePaymentPolicy::Refund);
     assert_eq!(refunded.next.status, OrderStatus::Cancelled);
     assert!(!refunded.effects.contains(&Effect::Grant));
+    assert_eq!(
+        refunded.next.refunds[0].transaction_id.as_deref(),
+        Some("tx1")
+    );
     assert!(
         refunded
             .effects
             .iter()
-            .any(|e| matches!(e, Effect::QueueRefund { .. }))
+            .any(|e| matches!(e, Effect::StartRefund { .. }))
     );
 }
 
@@ -523,14 +532,23 @@ proptest! {
                         prop_assert_eq!(p.disposition, PaymentDisposition::Granted);
                         prop_assert_eq!(t.next.status, OrderStatus::Paid);
                     }
-                    Effect::QueueRefund { transaction_id, .. } => refund_queued.push(transaction_id.clone()),
+                    Effect::StartRefund { refund_no } => {
+                        if let Some(tx) = t.next.refunds.iter().find(|r| &r.refund_no == refund_no).and_then(|r| r.transaction_id.clone()) {
+                            refund_queued.push(tx);
+                        }
+                    }
                     _ => {}
                 }
             }
             // No deadline survives a non-pending order, but the refund poll while
             // refunds are processing.
+            // A cancelled or failed order keeps one more: the watchdog of the close
+            // (and query) it still owes the provider.
             if t.next.status != OrderStatus::Pending {
-                prop_assert!(t.next.timers.iter().all(|(k, _)| k == TimerKind::RefundPoll));
+                let closing = t.next.closing.is_some() && !t.next.status.is_paid();
+                prop_assert!(t.next.timers.iter().all(|(k, _)| k == TimerKind::RefundPoll
+                    || (k == TimerKind::Retry && closing)));
+                prop_assert_eq!(t.next.timers.retry.is_some(), closing);
             }
             let processing = t.next.refunds.iter().any(|r| r.state == RefundState::Processing);
             prop_assert_eq!(t.next.timers.refund_poll.is_some(), processing);
@@ -646,4 +664,157 @@ fn a_dispute_is_an_anomaly_updated_by_status_that_never_moves_the_order() {
         LatePaymentPolicy::Grant,
     );
     assert_eq!(second.next.anomalies.len(), 2);
+}
+
+/// A cancelled order still owes the provider a close and a query: a lost or failed
+/// answer is re-issued by the persisted watchdog, backing off to an hour between
+/// attempts, until a day past the trade's expiry — then an operator is alerted.
+#[test]
+fn a_cancelled_orders_close_is_retried_until_the_provider_answers() {
+    let pol = policy(LatePaymentPolicy::Grant);
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let mut o = run(
+        &o,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    assert_eq!(o.closing, Some(CloseStep::Close));
+    let mut calls = vec![];
+    let mut last_at = T0;
+    while let Some(t) = o.timers.retry {
+        assert!(
+            t.at.ms() - last_at.ms() <= 3_600_000,
+            "more than an hour between attempts"
+        );
+        last_at = t.at;
+        let fired = step(
+            &o,
+            Event::Timer {
+                kind: TimerKind::Retry,
+                generation: t.generation,
+            },
+            t.at,
+            &pol,
+        )
+        .unwrap();
+        calls.extend(fired.effects.clone());
+        o = fired.next;
+        assert!(calls.len() < 100, "the watchdog never stops");
+    }
+    assert_eq!(o.status, OrderStatus::Cancelled);
+    assert_eq!(o.closing, None);
+    assert!(last_at >= o.expire_at.plus_ms(24 * 3_600_000));
+    let closes = calls.iter().filter(|e| **e == Effect::Close).count();
+    assert!((20..40).contains(&closes), "{closes} closes");
+    assert!(matches!(
+        calls.last(),
+        Some(Effect::Alert {
+            kind: AlertKind::CloseUnconfirmed,
+            ..
+        })
+    ));
+    // Answered: closed, then the query after it finds nothing — done.
+    let o = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: None,
+            payment_url: Some("u".into()),
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let o = run(
+        &o,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let t = run(
+        &o,
+        Event::CloseResult(CloseOutcome::Closed),
+        LatePaymentPolicy::Grant,
+    );
+    assert_eq!(t.effects, vec![Effect::Query]);
+    assert_eq!(t.next.closing, Some(CloseStep::QueryAfterClose));
+    let done = run(
+        &t.next,
+        Event::QueryResult(QueryOutcome::Closed),
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    assert_eq!((done.closing, done.timers.retry), (None, None));
+    assert_eq!(done.status, OrderStatus::Cancelled);
+}
+
+/// Found by the simulation (seed 10987384483653195593 of 100 000): a poll's "not
+/// paid", sent before the buyer paid and answered after the close had said "already
+/// paid", was taken for the query after the close — the cancelled order stopped
+/// asking and the payment was never learnt (an expiring order would have expired). Once
+/// the close says paid, only an answer that reports the payment ends the sequence.
+#[test]
+fn a_stale_not_paid_answer_after_a_close_found_the_trade_paid_is_ignored() {
+    let paid = match pay("tx1", 990) {
+        Event::Confirmed(r) => QueryOutcome::Paid(r),
+        _ => unreachable!(),
+    };
+    let opened = run(
+        &new_order(),
+        Event::TradeOpened {
+            qr_code_url: Some("q".into()),
+            payment_url: None,
+            trade_ref: None,
+        },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    // Cancelled, and the expiring order: both hear "already paid" from the close.
+    let cancelled = run(
+        &opened,
+        Event::Cancel { by: Actor::User },
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    let expiring = fire(&opened, TimerKind::Expire).next;
+    let expiring = run(
+        &expiring,
+        Event::QueryResult(QueryOutcome::NotPaid),
+        LatePaymentPolicy::Grant,
+    )
+    .next;
+    assert_eq!(expiring.closing, Some(CloseStep::Close));
+    for o in [cancelled, expiring] {
+        let t = run(
+            &o,
+            Event::CloseResult(CloseOutcome::AlreadyPaid),
+            LatePaymentPolicy::Grant,
+        );
+        assert_eq!(t.effects, vec![Effect::Query]);
+        let mut o = t.next;
+        for stale in [QueryOutcome::NotPaid, QueryOutcome::Closed] {
+            o = run(&o, Event::QueryResult(stale), LatePaymentPolicy::Grant).next;
+            assert_eq!(o.closing, Some(CloseStep::QueryAfterPaidClose));
+            assert!(o.timers.retry.is_some(), "the watchdog still asks");
+        }
+        assert_ne!(o.status, OrderStatus::Expired);
+        let done = run(
+            &o,
+            Event::QueryResult(paid.clone()),
+            LatePaymentPolicy::Grant,
+        )
+        .next;
+        assert_eq!(done.status, OrderStatus::Paid);
+        assert!(done.granted);
+        assert_eq!(done.closing, None);
+    }
 }

@@ -10,12 +10,24 @@ use crate::clock::SharedClock;
 use crate::provider::Providers;
 
 pub mod actor;
+#[cfg(test)]
+mod clock_jump_tests;
 pub mod create;
+#[cfg(test)]
+mod engine_model_tests;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;
+#[cfg(test)]
+mod race_tests;
 pub mod refund;
+#[cfg(test)]
+mod reordering_tests;
+#[cfg(test)]
+pub(crate) mod simulation;
 pub mod supervisor;
+#[cfg(test)]
+pub(crate) mod test_engine;
 
 /// Read-only dependencies shared by the supervisor and every order actor.
 pub struct Deps {

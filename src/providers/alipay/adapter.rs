@@ -820,6 +820,9 @@ mod tests {
         fn now(&self) -> Timestamp {
             self.0
         }
+        fn monotonic_ms(&self) -> i64 {
+            0
+        }
     }
 
     fn fixture(name: &str) -> Vec<u8> {
