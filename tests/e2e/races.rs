@@ -19,7 +19,7 @@ async fn a_storm_of_repeated_signed_callbacks_grants_each_order_exactly_once() {
         &wechat,
     )
     .await;
-    let orders = 200;
+    let orders = 500;
     let mut users = Vec::new();
     let mut deliveries = Vec::new();
     let mut seed: u64 = 0x5eed;
@@ -70,7 +70,7 @@ async fn a_storm_of_repeated_signed_callbacks_grants_each_order_exactly_once() {
         statuses.iter().all(|s| *s == StatusCode::NO_CONTENT),
         "every delivery gets WeChat's success reply"
     );
-    // Exactly one grant per order: 200 orders × 110 points.
+    // Exactly one grant per order: 500 orders × 110 points.
     let mut points = 0;
     users.sort();
     users.dedup_by(|a, b| a.0 == b.0);
