@@ -170,8 +170,7 @@ fn parse_args() -> anyhow::Result<Options> {
             PARTS.join(", ")
         );
     }
-    if o.rounds == 0 || o.connections == 0 || o.orders == 0 || o.recoveries == 0 || o.storm == 0
-    {
+    if o.rounds == 0 || o.connections == 0 || o.orders == 0 || o.recoveries == 0 || o.storm == 0 {
         bail!("--rounds, --connections, --orders, --recoveries and --storm must be positive");
     }
     Ok(o)
@@ -748,9 +747,10 @@ async fn expiry_storm(
     let took = storm::fill(&cfg, &scratch, probe, tokens, far).await?;
     std::fs::remove_dir_all(&scratch)?;
     let per_order = took.as_secs_f64() / probe as f64;
-    // Filling, starting payd on the orders (recovery grows with them: ~25 µs each
-    // measured), the calm window, and a margin.
-    let budget = per_order * n as f64 * 1.5
+    // Filling (slower per order as the store grows: three times the probe's pace),
+    // starting payd on the orders (recovery grows with them: ~25 µs each measured),
+    // the calm window, and a margin.
+    let budget = per_order * n as f64 * 3.0
         + 2.0
         + 40e-6 * n as f64
         + (opts.warmup + opts.duration).as_secs_f64()

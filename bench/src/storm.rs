@@ -33,7 +33,8 @@ const FILL_TASKS: usize = 256;
 /// Writes `count` pending mock orders, trade opened, all expiring at `expire_at`,
 /// into the store at `data` — the orders `POST /api/v1/orders` would have made
 /// (same order-number scheme, same timers, same create command), minus the first
-/// status query, which would fall after the expiry. Returns how long it took.
+/// status query, which would fall after the expiry. Returns how long the orders
+/// took (opening and closing the store aside).
 pub(crate) async fn fill(
     config: &payd::config::Config,
     data: &Path,
@@ -41,7 +42,6 @@ pub(crate) async fn fill(
     users: usize,
     expire_at: Timestamp,
 ) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
     let store = Store::open(payd::app::store_options(data))
         .with_context(|| format!("opening {}", data.display()))?;
     let seed = config.packages.first().context("no package configured")?;
@@ -73,6 +73,7 @@ pub(crate) async fn fill(
         observers: Vec::new(),
         webhooks: false,
     });
+    let t0 = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(FILL_TASKS);
     for _ in 0..FILL_TASKS {
@@ -84,11 +85,8 @@ pub(crate) async fn fill(
                     return anyhow::Ok(());
                 }
                 let now = Timestamp(unix_ms());
-                let mut order = Order::for_tests(
-                    PackageSnapshot::from(&package),
-                    package.amount_minor,
-                    now,
-                );
+                let mut order =
+                    Order::for_tests(PackageSnapshot::from(&package), package.amount_minor, now);
                 order.order_no = payd::order_no::new_order_no(now);
                 order.user_id = format!("bench-user-{}", i as usize % users);
                 order.package_id = package.id.clone();
@@ -114,10 +112,11 @@ pub(crate) async fn fill(
     for t in tasks {
         t.await.context("a fill task panicked")??;
     }
+    let took = t0.elapsed();
     drop(deps);
     store.shutdown().await;
     drop(store);
-    Ok(t0.elapsed())
+    Ok(took)
 }
 
 pub(crate) fn unix_ms() -> i64 {
