@@ -14,6 +14,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod storm;
 mod wechat;
 
 use std::io::Write as _;
@@ -40,9 +41,10 @@ const USAGE: &str = "usage: cargo run -p payd-bench --release -- [options]
   --connections N    concurrent connections (default 64)
   --orders N         pending orders for memory and recovery (default 100000)
   --recoveries N     SIGKILL + restart cycles timed (default 3)
+  --storm N          orders expiring in the same second (default 100000; --quick 10000)
   --no-wechat        skip the WeChat v3 figures
   --only LIST        comma-separated subset: throughput (= baseline,create,read,purchase),
-                     group-commit, wechat, memory
+                     group-commit, wechat, memory, expiry-storm
   --no-build         use the binaries already in the target directory
   --data-dir DIR     where temporary data directories go (default target/bench/tmp)
   --out FILE         JSON output (default target/bench/latest.json)
@@ -56,6 +58,7 @@ struct Options {
     connections: usize,
     orders: u64,
     recoveries: usize,
+    storm: u64,
     wechat: bool,
     only: Option<Vec<String>>,
     build: bool,
@@ -95,6 +98,7 @@ fn parse_args() -> anyhow::Result<Options> {
         connections: 64,
         orders: 100_000,
         recoveries: 3,
+        storm: 100_000,
         wechat: true,
         only: None,
         build: true,
@@ -111,6 +115,7 @@ fn parse_args() -> anyhow::Result<Options> {
         o.warmup = Duration::from_millis(500);
         o.orders = 10_000;
         o.recoveries = 1;
+        o.storm = 10_000;
     }
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -130,6 +135,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--connections" => o.connections = value()?.parse()?,
             "--orders" => o.orders = value()?.parse()?,
             "--recoveries" => o.recoveries = value()?.parse()?,
+            "--storm" => o.storm = value()?.parse()?,
             "--no-wechat" => o.wechat = false,
             "--only" => {
                 o.only = Some(value()?.split(',').map(|s| s.trim().to_string()).collect());
@@ -142,7 +148,7 @@ fn parse_args() -> anyhow::Result<Options> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    const PARTS: [&str; 8] = [
+    const PARTS: [&str; 9] = [
         "throughput",
         "baseline",
         "create",
@@ -151,6 +157,7 @@ fn parse_args() -> anyhow::Result<Options> {
         "group-commit",
         "wechat",
         "memory",
+        "expiry-storm",
     ];
     if let Some(unknown) = o
         .only
@@ -163,8 +170,8 @@ fn parse_args() -> anyhow::Result<Options> {
             PARTS.join(", ")
         );
     }
-    if o.rounds == 0 || o.connections == 0 || o.orders == 0 || o.recoveries == 0 {
-        bail!("--rounds, --connections, --orders and --recoveries must be positive");
+    if o.rounds == 0 || o.connections == 0 || o.orders == 0 || o.recoveries == 0 || o.storm == 0 {
+        bail!("--rounds, --connections, --orders, --recoveries and --storm must be positive");
     }
     Ok(o)
 }
@@ -358,6 +365,9 @@ fn run(opts: Options) -> anyhow::Result<()> {
     if opts.wants("memory") {
         results.memory = Some(client.block_on(memory(&opts, &paths, tmp.path(), &users))?);
     }
+    if opts.wants("expiry-storm") {
+        results.storm = Some(client.block_on(expiry_storm(&opts, &paths, tmp.path(), &users))?);
+    }
 
     let table = results.table();
     println!();
@@ -373,7 +383,8 @@ fn run(opts: Options) -> anyhow::Result<()> {
         "options": {
             "rounds": opts.rounds, "duration_secs": opts.duration.as_secs_f64(),
             "warmup_secs": opts.warmup.as_secs_f64(), "connections": opts.connections,
-            "orders": opts.orders, "recoveries": opts.recoveries, "quick": opts.quick,
+            "orders": opts.orders, "recoveries": opts.recoveries, "storm_orders": opts.storm,
+            "quick": opts.quick,
         },
         "elapsed_secs": (elapsed * 10.0).round() / 10.0,
         "results": results.json(),
@@ -709,6 +720,130 @@ async fn memory(
         journal_bytes,
         max_journal_bytes,
     })
+}
+
+/// The expiry storm: `opts.storm` pending orders, all expiring at one instant a
+/// little after payd will be ready on them. Create-order load runs just before that
+/// instant (calm) and from it until the last of them has settled (storm).
+async fn expiry_storm(
+    opts: &Options,
+    paths: &Paths,
+    tmp: &Path,
+    users: &Arc<Users>,
+) -> anyhow::Result<storm::Storm> {
+    use payd_actors::model::Timestamp;
+    let dir = tmp.join("expiry-storm");
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let config = payd_config(port, &dir.join("data"), "", "");
+    let cfg = payd::config::load_from_str(&config, &|_| None, &[])
+        .map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
+    let n = opts.storm;
+    let tokens = users.tokens.len();
+    // How fast this machine fills, now: a few thousand orders into a scratch store.
+    let probe = n.min(3_000);
+    let scratch = dir.join("probe");
+    let far = Timestamp(storm::unix_ms() + 86_400_000);
+    let took = storm::fill(&cfg, &scratch, probe, tokens, far).await?;
+    std::fs::remove_dir_all(&scratch)?;
+    let per_order = took.as_secs_f64() / probe as f64;
+    // Filling (slower per order as the store grows: three times the probe's pace),
+    // starting payd on the orders (recovery grows with them: ~25 µs each measured),
+    // the calm window, and a margin.
+    let budget = per_order * n as f64 * 3.0
+        + 2.0
+        + 40e-6 * n as f64
+        + (opts.warmup + opts.duration).as_secs_f64()
+        + 2.0;
+    let expire_at = Timestamp(storm::unix_ms() + (budget * 1000.0) as i64);
+    progress(&format!(
+        "expiry storm: writing {n} pending orders that all expire in {budget:.0} s (probe: {:.0} orders/s)",
+        1.0 / per_order
+    ));
+    let fill_secs = storm::fill(&cfg, &dir.join("data"), n, tokens, expire_at)
+        .await?
+        .as_secs_f64();
+    progress(&format!(
+        "  written in {fill_secs:.1} s ({:.0} orders/s)",
+        n as f64 / fill_secs
+    ));
+    let mut payd = Server::payd(&paths.payd(), &dir, port, &config)?;
+    let start = payd.wait_ready(Duration::from_secs(120)).await?;
+    let storm_at = storm::instant_of(expire_at);
+    let left = storm_at.saturating_duration_since(Instant::now());
+    let calm_window = left
+        .saturating_sub(opts.warmup)
+        .saturating_sub(Duration::from_millis(500))
+        .min(opts.duration);
+    if calm_window < Duration::from_millis(500) {
+        bail!(
+            "expiry storm: payd was ready {:.1} s before the expiry instant, too late for the \
+             calm window (filling took {fill_secs:.1} s); a busy machine? run it again",
+            left.as_secs_f64()
+        );
+    }
+    progress(&format!(
+        "  payd ready on them in {:.2} s; create order before the storm",
+        start.as_secs_f64()
+    ));
+    // The calm window ends just before the storm begins.
+    let calm_from = storm_at - (opts.warmup + calm_window + Duration::from_millis(300));
+    tokio::time::sleep_until(calm_from.into()).await;
+    let work = CreateOrder::new(users.clone(), "mock", None);
+    let plan = Plan {
+        connections: opts.connections,
+        warmup: opts.warmup,
+        duration: Some(calm_window),
+        limit: None,
+    };
+    let calm = check(
+        &load::run(payd.addr, Arc::new(work), plan).await?,
+        "create order, calm",
+    )?;
+    tokio::time::sleep_until(storm_at.into()).await;
+    progress("  the storm: create order until every one of them has settled");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let work = Arc::new(storm::Until {
+        inner: CreateOrder::new(users.clone(), "mock", None),
+        stop: stop.clone(),
+    });
+    let plan = Plan {
+        connections: opts.connections,
+        warmup: Duration::ZERO,
+        duration: None,
+        limit: None,
+    };
+    let load = tokio::spawn(load::run(payd.addr, work, plan));
+    let watched = storm::watch(
+        payd.addr,
+        storm_at,
+        n,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = load.await.context("the storm's load panicked")??;
+    let (first_secs, half_secs, secs, settled, progress_points) = watched?;
+    let during = check(&during, "create order, during the storm")?;
+    payd.kill();
+    let s = storm::Storm {
+        orders: n,
+        fill_secs,
+        start_secs: start.as_secs_f64(),
+        first_secs,
+        half_secs,
+        secs,
+        settled,
+        calm,
+        during,
+        progress: progress_points,
+    };
+    progress(&format!(
+        "  {settled}/{n} settled in {secs:.1} s ({:.0}/s; first after {first_secs:.2} s, half after {half_secs:.1} s)",
+        s.per_sec()
+    ));
+    Ok(s)
 }
 
 fn loadavg() -> String {

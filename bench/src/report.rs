@@ -162,6 +162,7 @@ pub(crate) struct Results {
     pub(crate) group_commit: Vec<GroupCommit>,
     pub(crate) raw_fsync: Series,
     pub(crate) memory: Option<Memory>,
+    pub(crate) storm: Option<crate::storm::Storm>,
 }
 
 pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -371,6 +372,46 @@ impl Results {
                 verdict(bound <= 5.0)
             );
         }
+        if let Some(s) = &self.storm {
+            let vs = |x: f64| {
+                if base.per_sec > 0.0 {
+                    format!("{:.2}×", x / base.per_sec)
+                } else {
+                    "–".into()
+                }
+            };
+            let done = if s.finished() {
+                format!("{:.1} s", s.secs)
+            } else {
+                format!("NOT finished: {} of them after {:.0} s", s.settled, s.secs)
+            };
+            let _ = writeln!(
+                t,
+                "| expiry storm: {} pending orders expiring in the same second → all expired, create order at {c} conns meanwhile | {done} ({} orders/s settled; first after {:.2} s, half after {:.1} s) | | | | ≤ 60 s: {} |",
+                s.orders,
+                rate(s.per_sec()),
+                s.first_secs,
+                s.half_secs,
+                verdict(s.finished() && s.secs <= 60.0)
+            );
+            let _ = writeln!(
+                t,
+                "| create order during the expiry storm, {c} conns | {} orders/s | {:.2} ms | {:.2} ms | {} | p99 ≤ 50 ms: {} |",
+                rate(s.during.per_sec),
+                s.during.p50_ms,
+                s.during.p99_ms,
+                vs(s.during.per_sec),
+                verdict(s.during.p99_ms <= 50.0)
+            );
+            let _ = writeln!(
+                t,
+                "| create order just before the storm (same payd, same orders pending), {c} conns | {} orders/s | {:.2} ms | {:.2} ms | {} | |",
+                rate(s.calm.per_sec),
+                s.calm.p50_ms,
+                s.calm.p99_ms,
+                vs(s.calm.per_sec),
+            );
+        }
         t
     }
 
@@ -401,6 +442,16 @@ impl Results {
                 "recovery_1m_linear_secs": round2(m.extrapolated(1_000_000)),
             })
         });
+        let storm = self.storm.as_ref().map(|s| {
+            json!({
+                "orders": s.orders, "settled": s.settled, "finished": s.finished(),
+                "secs": round2(s.secs), "settled_per_sec": round2(s.per_sec()),
+                "first_settled_secs": round2(s.first_secs), "half_settled_secs": round2(s.half_secs),
+                "fill_secs": round2(s.fill_secs), "payd_start_secs": round2(s.start_secs),
+                "create_order_during": s.during.json(), "create_order_before": s.calm.json(),
+                "progress": s.progress.iter().map(|(at, n)| json!([at, n])).collect::<Vec<_>>(),
+            })
+        });
         json!({
             "connections": self.connections,
             "baseline": self.baseline.json(),
@@ -412,6 +463,7 @@ impl Results {
             "raw_fdatasync_4k": self.raw_fsync.json(),
             "group_commit": gc,
             "memory_and_recovery": memory,
+            "expiry_storm": storm,
             "vs_baseline": {
                 "create_order": vs(&self.create),
                 "read_order": vs(&self.read),
