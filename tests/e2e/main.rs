@@ -14,6 +14,7 @@ mod entitlements;
 mod lifecycle;
 mod logcheck;
 mod monitoring;
+mod powercut;
 mod prometheus;
 mod purchase;
 mod races;
