@@ -153,6 +153,7 @@ impl Engine {
         for &name in &opts.tables {
             keyspaces.insert(name, db.keyspace(name, KeyspaceCreateOptions::default)?);
         }
+        sync_directories(&opts.path)?;
         Ok(Engine { db, keyspaces })
     }
 
@@ -162,6 +163,36 @@ impl Engine {
             None => panic!("table {table} was not declared in StoreOptions::tables"),
         }
     }
+}
+
+/// Makes the directory entries fjall created durable before anything is committed.
+///
+/// fjall fsyncs a keyspace's own folder after filling it, but not the folder that
+/// lists the keyspaces (`keyspaces/`) after creating one — and payd creates its data
+/// directory itself. Until those entries reach the disk, a power cut can take whole
+/// keyspace directories with it, and fjall then opens an empty database without
+/// complaint: every acknowledged payment gone (the power-cut test found this on the
+/// first start). So: fsync the data directory, each directory directly inside it,
+/// and its parent. Once per open, a handful of fsyncs.
+fn sync_directories(path: &std::path::Path) -> Result<()> {
+    let sync = |dir: &std::path::Path| {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StorageError::Engine(format!("fsync {}: {e}", dir.display())))
+    };
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| StorageError::Engine(format!("{}: {e}", path.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::Engine(e.to_string()))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            sync(&entry.path())?;
+        }
+    }
+    sync(path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync(parent)?;
+    }
+    Ok(())
 }
 
 /// Counters the writer keeps, for metrics and benchmarks.

@@ -288,11 +288,9 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
         users: &users,
     };
 
-    // The database is created outside the recorder: fjall writes its first version
-    // file through tempfile, whose rename is a raw syscall no LD_PRELOAD sees.
-    let mut child = start(&cfg, None);
-    wait_ready(&client, &base).await;
-    child.kill();
+    // The first run creates the database under the recorder too: a cut can land in
+    // the middle of fjall's first start.
+    std::fs::create_dir_all(&data).unwrap();
 
     let mut totals = BTreeMap::<&str, usize>::new();
     for run in 0..runs {
@@ -342,6 +340,7 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
         }
         *totals.entry("logged operations").or_default() += whole.ops_len();
         *totals.entry("syncs").or_default() += whole.syncs;
+        *totals.entry("renames seen by their effect").or_default() += whole.inferred_renames;
 
         // Cut points: inside the log first, the end last (the next run starts there).
         let mut points: Vec<usize> = (0..INNER_CUTS).map(|_| cut_point(&log, &mut rng)).collect();
@@ -412,5 +411,63 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
     assert_eq!(
         last.confirmed_minor, last.granted_minor,
         "money confirmed vs money granted (G3, seed {seed})"
+    );
+}
+
+/// Regression: fjall does not fsync `keyspaces/` after creating a keyspace folder in
+/// it, so a power cut soon after the first start could take every keyspace with it
+/// and fjall would open an empty database without complaint. payd now fsyncs the
+/// data directory's folders once it has opened them (`sync_directories` in
+/// storage/src/store.rs): once payd is ready, a cut keeps every directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_right_after_the_first_start_keeps_every_keyspace_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let shim = build_shim(&root);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config(&root, port);
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let data_str = data.to_string_lossy().into_owned();
+    let client = reqwest::Client::new();
+    let log_path = root.join("first-start.log");
+    let mut child = start(&cfg, Some((&shim, &data, &log_path)));
+    wait_ready(&client, &format!("http://127.0.0.1:{port}")).await;
+    child.kill();
+    let log = fsmodel::parse_log(&std::fs::read(&log_path).unwrap());
+    let snapshot = fsmodel::Tree::new();
+    let history = fsmodel::resolve(&snapshot, &log);
+    let actual = fsmodel::read_tree(&data);
+    assert!(fsmodel::recorder_gaps(&snapshot, &history, &data_str, &actual).is_empty());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let (after, _) = fsmodel::after_power_loss(
+        &snapshot,
+        &history,
+        &data_str,
+        fsmodel::Cut::Strict,
+        &mut rng,
+    );
+    let dirs = |t: &fsmodel::Tree| -> Vec<String> {
+        t.iter()
+            .filter(|(_, e)| matches!(e, fsmodel::Entry::Dir))
+            .map(|(p, _)| p.clone())
+            .collect()
+    };
+    let kept = dirs(&after);
+    let missing: Vec<String> = dirs(&actual)
+        .into_iter()
+        .filter(|d| !kept.contains(d))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "directories a power cut would lose once payd is ready: {missing:?}"
+    );
+    assert!(
+        dirs(&actual).iter().any(|d| d.ends_with("/keyspaces/1")),
+        "fjall's layout changed: no keyspaces/1 under the data directory"
     );
 }

@@ -240,6 +240,8 @@ pub(crate) struct History {
     in_flight: Option<Op>,
     snapshot_nodes: HashMap<String, Node>,
     pub(crate) syncs: usize,
+    /// Renames seen only through their effect (see `resolve`).
+    pub(crate) inferred_renames: usize,
 }
 
 pub(crate) fn resolve(snapshot: &Tree, log: &[Rec]) -> History {
@@ -271,8 +273,34 @@ pub(crate) fn resolve(snapshot: &Tree, log: &[Rec]) -> History {
             .get(&(ino as u64))
             .unwrap_or_else(|| panic!("recorder: unknown inode {ino} in {r:?}"))
     };
+    // Where each file is now, to see renames the recorder could not: tempfile (used
+    // by fjall to replace its `current` version pointer) renames through rustix's raw
+    // syscalls, which no LD_PRELOAD sees. A later fsync or write names the file by
+    // its new path; the rename is placed just before it — as late as it can have
+    // happened, so it is never taken for durable earlier than it was.
+    let mut node_path: HashMap<Node, String> = snapshot_nodes
+        .iter()
+        .map(|(p, n): (&String, &Node)| (*n, p.clone()))
+        .collect();
+    let mut inferred = 0;
     for r in log.iter().filter(|r| r.kind != K_DONE) {
         let result = results.get(&r.seq).copied();
+        let names_file =
+            matches!(r.kind, K_WRITE | K_TRUNCATE | K_FALLOCATE) || (r.kind == K_SYNC && r.c == 0);
+        if names_file
+            && !r.path.ends_with(" (deleted)")
+            && let Some(node) = current.get(&(r.a as u64)).copied()
+            && let Some(old) = node_path.get(&node).cloned()
+            && old != r.path
+        {
+            node_path.retain(|_, p| *p != r.path);
+            node_path.insert(node, r.path.clone());
+            items.push(Item::Op(Op::Rename {
+                from: old,
+                to: r.path.clone(),
+            }));
+            inferred += 1;
+        }
         if r.kind == K_SYNC || r.kind == K_SYNCALL {
             // A sync counts only if it returned 0; sync_file_range (b == 2) never.
             if result.map(|(ret, _)| ret) != Some(0) || (r.kind == K_SYNC && r.b == 2) {
@@ -359,7 +387,25 @@ pub(crate) fn resolve(snapshot: &Tree, log: &[Rec]) -> History {
         match result {
             None => in_flight = Some(op),
             Some((ret, _)) if ret < 0 => {}
-            Some(_) => items.push(Item::Op(op)),
+            Some(_) => {
+                match &op {
+                    Op::Create { path, node } => {
+                        node_path.retain(|_, p| p != path);
+                        node_path.insert(*node, path.clone());
+                    }
+                    Op::Rename { from, to } => {
+                        node_path.retain(|_, p| p != to);
+                        for p in node_path.values_mut() {
+                            if p == from {
+                                *p = to.clone();
+                            }
+                        }
+                    }
+                    Op::Unlink { path } => node_path.retain(|_, p| p != path),
+                    _ => {}
+                }
+                items.push(Item::Op(op));
+            }
         }
     }
     // Durability: walk backwards remembering which files and directories a later
@@ -403,6 +449,7 @@ pub(crate) fn resolve(snapshot: &Tree, log: &[Rec]) -> History {
         in_flight,
         snapshot_nodes,
         syncs,
+        inferred_renames: inferred,
     }
 }
 
@@ -421,9 +468,12 @@ impl History {
             .collect();
         let mut out = BTreeMap::new();
         let mask = |p: &str| -> String {
-            p.strip_prefix(root)
-                .unwrap_or(p)
-                .chars()
+            let p = p.strip_prefix(root).unwrap_or(p);
+            let p = match p.find(".tmp") {
+                Some(i) => format!("{}.tmp*", &p[..i]),
+                None => p.to_string(),
+            };
+            p.chars()
                 .map(|c| if c.is_ascii_digit() { '#' } else { c })
                 .collect()
         };
