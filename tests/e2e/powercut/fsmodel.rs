@@ -189,6 +189,18 @@ pub(crate) fn read_tree(root: &Path) -> Tree {
     out
 }
 
+/// `tree` moved from under `from` to under `to`.
+pub(crate) fn rebase(tree: &Tree, from: &str, to: &Path) -> Tree {
+    tree.iter()
+        .map(|(p, e)| {
+            (
+                format!("{}{}", to.display(), p.strip_prefix(from).unwrap_or(p)),
+                e.clone(),
+            )
+        })
+        .collect()
+}
+
 pub(crate) fn write_tree(root: &Path, tree: &Tree) {
     // Paths sort parent before child.
     for (path, e) in tree {
@@ -454,6 +466,40 @@ pub(crate) fn resolve(snapshot: &Tree, log: &[Rec]) -> History {
 }
 
 impl History {
+    /// Every operation, one a line, for the evidence of a failure.
+    pub(crate) fn describe(&self, root: &str) -> String {
+        let short = |p: &str| p.strip_prefix(root).unwrap_or(p).to_string();
+        let mut out = String::new();
+        let mut snap: Vec<_> = self.snapshot_nodes.iter().collect();
+        snap.sort();
+        for (p, n) in snap {
+            out.push_str(&format!("snapshot {} {n:?}\n", short(p)));
+        }
+        for (op, d) in self.ops.iter().zip(&self.durable) {
+            let line = match op {
+                Op::Write { node, off, data } => {
+                    format!("write {node:?} at {off} len {}", data.len())
+                }
+                Op::Truncate { node, len } => format!("truncate {node:?} to {len}"),
+                Op::Extend { node, len } => format!("extend {node:?} to {len}"),
+                Op::Create { path, node } => format!("create {} {node:?}", short(path)),
+                Op::Rename { from, to } => format!("rename {} -> {}", short(from), short(to)),
+                Op::Link { from, to } => format!("link {} -> {}", short(from), short(to)),
+                Op::Unlink { path } => format!("unlink {}", short(path)),
+                Op::Mkdir { path } => format!("mkdir {}", short(path)),
+                Op::Rmdir { path } => format!("rmdir {}", short(path)),
+            };
+            out.push_str(&format!(
+                "{} {line}\n",
+                if *d { "durable" } else { "LOST?  " }
+            ));
+        }
+        if let Some(op) = &self.in_flight {
+            out.push_str(&format!("in flight: {op:?}\n"));
+        }
+        out
+    }
+
     pub(crate) fn ops_len(&self) -> usize {
         self.ops.len()
     }
