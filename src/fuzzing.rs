@@ -321,7 +321,7 @@ impl Harness {
         f.insert("mch_id".to_string(), MCH_ID.to_string());
         f.remove("req_info");
         f.remove("sign");
-        let sign_type = if data.len() % 2 == 0 {
+        let sign_type = if data.len().is_multiple_of(2) {
             crypto::V2SignType::Md5
         } else {
             crypto::V2SignType::HmacSha256
