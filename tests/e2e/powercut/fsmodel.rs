@@ -202,6 +202,9 @@ pub(crate) fn rebase(tree: &Tree, from: &str, to: &Path) -> Tree {
 }
 
 pub(crate) fn write_tree(root: &Path, tree: &Tree) {
+    // The directory itself, even when nothing in it survived (a cut in the first
+    // milliseconds of the first start).
+    std::fs::create_dir_all(root).unwrap();
     // Paths sort parent before child.
     for (path, e) in tree {
         let p = PathBuf::from(path);
