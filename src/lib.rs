@@ -8,6 +8,9 @@ pub mod auth;
 pub mod backup;
 pub mod check;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

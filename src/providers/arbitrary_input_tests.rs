@@ -168,3 +168,220 @@ fn alipay_notifies_and_returns_never_verify_without_a_valid_signature() {
         })
         .expect("no arbitrary notify verified");
 }
+
+// ---------------------------------------------------------------------------
+// The cargo-fuzz targets (src/fuzzing.rs) on stable: the committed corpus, then
+// 10 000 arbitrary inputs each.
+// ---------------------------------------------------------------------------
+
+fn fuzz_runner() -> proptest::test_runner::TestRunner {
+    proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })
+}
+
+/// A JSON-ish value: what a confused or hostile client sends.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        prop_oneof![
+            Just(0i64),
+            Just(-1),
+            Just(1),
+            Just(990),
+            Just(i64::MAX),
+            Just(i64::MIN)
+        ]
+        .prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        ".{0,24}".prop_map(Value::String),
+        prop_oneof![
+            Just("coins_100"),
+            Just("vip_month"),
+            Just("mock"),
+            Just("wechat_native"),
+            Just("CNY"),
+            Just("USD"),
+            Just("points"),
+            Just("membership"),
+            Just("127.0.0.1"),
+            Just("resolve"),
+            Just("")
+        ]
+        .prop_map(|s| Value::String(s.to_string())),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(field_name(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn field_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z_]{1,12}",
+        proptest::sample::select(vec![
+            "package_id",
+            "payment_method",
+            "client_ip",
+            "is_upgrade",
+            "amount",
+            "amount_minor",
+            "reason",
+            "points",
+            "delta",
+            "days",
+            "action",
+            "currency",
+            "kind",
+            "name",
+            "description",
+            "bonus_points",
+            "validity_days",
+            "membership_type",
+            "is_active",
+            "sort_order",
+            "id",
+            "queries",
+            "queries_count",
+            "refund_no",
+            "mchid",
+            "appid",
+            "out_trade_no",
+            "transaction_id",
+            "trade_state",
+            "total",
+            "payer_total",
+            "success_time",
+            "out_refund_no",
+            "refund_status",
+            "payment_intent",
+            "client_reference_id",
+            "metadata",
+            "order_no",
+            "payment_status",
+            "amount_total",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+fn fuzz_inputs(target: &str, strategy: impl Strategy<Value = Vec<u8>>) {
+    let harness = crate::fuzzing::Harness::new();
+    fuzz_runner()
+        .run(&strategy, |data| {
+            harness.run(target, &data);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{target}: {e}"));
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..1024)
+}
+
+#[test]
+fn the_committed_fuzz_corpus_replays_without_a_finding() {
+    let harness = crate::fuzzing::Harness::new();
+    let mut replayed = 0;
+    for target in crate::fuzzing::TARGETS {
+        let dir = format!("{}/fuzz/corpus/{target}", env!("CARGO_MANIFEST_DIR"));
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let mut n = 0;
+        for entry in entries {
+            let path = entry.expect("corpus entry").path();
+            let data = std::fs::read(&path).expect("corpus file");
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                harness.run(target, &data)
+            }));
+            assert!(outcome.is_ok(), "{} breaks {target}", path.display());
+            n += 1;
+        }
+        assert!(n > 0, "no corpus for {target}");
+        replayed += n;
+    }
+    assert!(replayed >= crate::fuzzing::TARGETS.len());
+}
+
+#[test]
+fn wechat_v3_signed_resources_of_any_shape_never_panic() {
+    let transaction = (any::<bool>(), json_value()).prop_map(|(refund, v)| {
+        let mut s = String::from(if refund {
+            "REFUND.SUCCESS\n"
+        } else {
+            "TRANSACTION.SUCCESS\n"
+        });
+        s.push_str(&v.to_string());
+        s.into_bytes()
+    });
+    fuzz_inputs("wechat_v3_signed", prop_oneof![bytes(), transaction]);
+}
+
+#[test]
+fn wechat_v2_notifications_never_verify_without_the_key() {
+    let xmlish = proptest::collection::btree_map(
+        "(return_code|result_code|appid|mch_id|out_trade_no|total_fee|sign|req_info|transaction_id|[a-z_]{1,8})",
+        "[A-Za-z0-9+/=]{0,40}",
+        0..10,
+    )
+    .prop_map(|m| crate::providers::wechat::xml::to_xml(&m).into_bytes());
+    fuzz_inputs("wechat_v2_raw", prop_oneof![bytes(), xmlish]);
+}
+
+#[test]
+fn wechat_v2_signed_notifications_of_any_shape_never_panic() {
+    let fields = proptest::collection::btree_map(
+        "(return_code|result_code|out_trade_no|total_fee|cash_fee|fee_type|transaction_id|time_end|trade_type|[a-z_]{1,8})",
+        "(SUCCESS|FAIL|CNY|[0-9]{0,12}|-?[0-9]{1,3}|.{0,16})",
+        0..10,
+    )
+    .prop_map(|m| crate::providers::wechat::xml::to_xml(&m).into_bytes());
+    let refund = "R(<root>(<[a-z_]{1,12}>[A-Za-z0-9]{0,12}</[a-z_]{1,12}>){0,6}</root>|.{0,64})"
+        .prop_map(String::into_bytes);
+    fuzz_inputs("wechat_v2_signed", prop_oneof![bytes(), fields, refund]);
+}
+
+#[test]
+fn alipay_signed_notifies_of_any_shape_never_panic() {
+    let form = proptest::collection::btree_map(
+        "(notify_id|out_trade_no|trade_status|total_amount|trade_no|gmt_payment|refund_fee|seller_id|[a-z_]{1,8})",
+        "(TRADE_SUCCESS|TRADE_FINISHED|TRADE_CLOSED|WAIT_BUYER_PAY|[0-9]{0,8}(\\.[0-9]{0,3})?|-[0-9.]{1,6}|.{0,16})",
+        0..10,
+    )
+    .prop_map(|m| {
+        let pairs: Vec<(String, String)> = m.into_iter().collect();
+        alipay::wire::form_encode(&pairs).into_bytes()
+    });
+    fuzz_inputs("alipay_signed", prop_oneof![bytes(), form]);
+}
+
+#[test]
+fn stripe_signed_events_of_any_shape_never_panic() {
+    let event = (
+        "(checkout\\.session\\.completed|checkout\\.session\\.async_payment_succeeded|checkout\\.session\\.async_payment_failed|payment_intent\\.succeeded|charge\\.dispute\\.created|[a-z._]{0,24})",
+        json_value(),
+    )
+        .prop_map(|(kind, object)| {
+            serde_json::json!({"id": "evt_1", "object": "event", "type": kind, "created": 1, "data": {"object": object}})
+                .to_string()
+                .into_bytes()
+        });
+    fuzz_inputs("stripe_signed", prop_oneof![bytes(), event]);
+}
+
+#[test]
+fn request_bodies_of_any_shape_get_a_problem_and_never_a_server_error() {
+    let body = (any::<u8>(), json_value()).prop_map(|(endpoint, v)| {
+        let mut out = vec![endpoint];
+        out.extend_from_slice(v.to_string().as_bytes());
+        out
+    });
+    fuzz_inputs("request_body", prop_oneof![bytes(), body]);
+}

@@ -227,6 +227,7 @@ impl Engine {
         for &name in &opts.tables {
             keyspaces.insert(name, db.keyspace(name, KeyspaceCreateOptions::default)?);
         }
+        sync_directories(&opts.path)?;
         let engine = Engine { db, keyspaces };
         migrate(&engine, opts, found)?;
         Ok(engine)
@@ -238,6 +239,78 @@ impl Engine {
             None => panic!("table {table} was not declared in StoreOptions::tables"),
         }
     }
+}
+
+/// Removes what a database creation cut short left behind, so that it can start over.
+///
+/// fjall creates `lock`, `keyspaces/` and an empty `0.jnl` and writes its `version`
+/// marker last; without the marker it creates the database again, and fails on the
+/// files already there ("File exists") — forever, after a power cut in the first
+/// start (found by the power-cut test). Nothing can have been stored then (the
+/// marker precedes every keyspace and every commit), so exactly those leftovers —
+/// an empty journal, an empty `keyspaces/`, the lock file — are removed; anything
+/// else is left as it is (a mount point's `lost+found`, say).
+fn clear_interrupted_creation(path: &std::path::Path) -> Result<()> {
+    if path.join("version").exists() {
+        return Ok(());
+    }
+    let err = |e: std::io::Error| StorageError::Engine(format!("{}: {e}", path.display()));
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name();
+        let p = entry.path();
+        let empty_file = || std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0);
+        let empty_dir = || std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none());
+        let leftover = match name.to_str() {
+            Some("lock") => p.is_file(),
+            Some("0.jnl") => empty_file(),
+            Some("keyspaces") => empty_dir(),
+            _ => false,
+        };
+        if leftover {
+            leftovers.push(p);
+        }
+    }
+    for p in leftovers {
+        tracing::warn!(path = %p.display(), "removing what an interrupted database creation left");
+        if p.is_dir() {
+            std::fs::remove_dir(&p).map_err(err)?;
+        } else {
+            std::fs::remove_file(&p).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the directory entries fjall created durable before anything is committed.
+///
+/// fjall fsyncs a keyspace's own folder after filling it, but not the folder that
+/// lists the keyspaces (`keyspaces/`) after creating one — and payd creates its data
+/// directory itself. Until those entries reach the disk, a power cut can take whole
+/// keyspace directories with it, and fjall then opens an empty database without
+/// complaint: every acknowledged payment gone (the power-cut test found this on the
+/// first start). So: fsync the data directory, each directory directly inside it,
+/// and its parent. Once per open, a handful of fsyncs.
+fn sync_directories(path: &std::path::Path) -> Result<()> {
+    let sync = |dir: &std::path::Path| {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StorageError::Engine(format!("fsync {}: {e}", dir.display())))
+    };
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| StorageError::Engine(format!("{}: {e}", path.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::Engine(e.to_string()))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            sync(&entry.path())?;
+        }
+    }
+    sync(path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync(parent)?;
+    }
+    Ok(())
 }
 
 /// Counters the writer keeps, for metrics and benchmarks.
@@ -329,6 +402,7 @@ impl Store {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(opts: StoreOptions) -> Result<Store> {
         std::fs::create_dir_all(&opts.path).map_err(|e| StorageError::Engine(e.to_string()))?;
+        clear_interrupted_creation(&opts.path)?;
         let engine = Engine::open(&opts)?;
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let shared = Arc::new(Shared {
@@ -1282,5 +1356,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(add(&store, "a", 1).await.unwrap(), Ok(8));
+    }
+
+    #[tokio::test]
+    async fn a_database_creation_cut_short_by_a_power_cut_starts_over() {
+        // What a power cut during fjall's first creation can leave: its first files
+        // without the version marker written last.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lock"), b"").unwrap();
+        std::fs::write(dir.path().join("0.jnl"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("keyspaces")).unwrap();
+        let store = open(dir.path());
+        store.shutdown().await;
+        assert!(dir.path().join("version").exists());
+        // Anything else is left alone.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir(other.path().join("lost+found")).unwrap();
+        open(other.path()).shutdown().await;
+        assert!(other.path().join("lost+found").is_dir());
     }
 }

@@ -14,9 +14,9 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const SECRET: &str = "crash-test-secret-0123456789";
+pub(crate) const SECRET: &str = "crash-test-secret-0123456789";
 
-fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+pub(crate) fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
@@ -59,7 +59,7 @@ fn start(config: &std::path::Path) -> Child {
         .expect("payd starts")
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await
@@ -76,7 +76,7 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
 }
 
 /// One buyer: create an order, pay it; every 200-paid answer is an acknowledgement.
-async fn buyer(
+pub(crate) async fn buyer(
     client: reqwest::Client,
     base: String,
     token: String,

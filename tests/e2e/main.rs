@@ -15,6 +15,7 @@ mod entitlements;
 mod lifecycle;
 mod logcheck;
 mod monitoring;
+mod powercut;
 mod prometheus;
 mod purchase;
 mod races;

@@ -232,10 +232,18 @@ fn insert(
     Ok(())
 }
 
+/// An element's name, refused unless it is an XML name: quick-xml reads any bytes up
+/// to `>` or a space as the name (`<transaction]id>`), and a field name payd could not
+/// write back with [`to_xml`] is not one WeChat sends (found by the
+/// `wechat_v2_signed` fuzz target).
 fn element_name(raw: &[u8]) -> Result<String, XmlError> {
-    std::str::from_utf8(raw)
-        .map(str::to_owned)
-        .map_err(|_| XmlError::InvalidUtf8)
+    let name = std::str::from_utf8(raw).map_err(|_| XmlError::InvalidUtf8)?;
+    if !is_xml_name(name) {
+        return Err(XmlError::Malformed(format!(
+            "element name {name:?} is not an XML name"
+        )));
+    }
+    Ok(name.to_owned())
 }
 
 fn is_blank(text: &[u8]) -> bool {
@@ -294,6 +302,26 @@ mod tests {
         expected.insert("sign".into(), uo["sign"].as_str().unwrap().into());
         assert_eq!(parsed, expected);
         assert_eq!(parse_xml(to_xml(&parsed).as_bytes()).unwrap(), parsed);
+    }
+
+    #[test]
+    fn element_names_that_are_not_xml_names_are_refused() {
+        // The fuzz crasher (corpus/wechat_v2_signed/crash-element-name-with-bracket):
+        // accepted, it could not be written back by `to_xml`.
+        for doc in [
+            "<xml><transaction]id>1</transaction]id></xml>",
+            "<xml><1a>x</1a></xml>",
+            "<xml><a/b>x</a/b></xml>",
+        ] {
+            assert!(
+                matches!(parse_xml(doc.as_bytes()), Err(XmlError::Malformed(_))),
+                "{doc}"
+            );
+        }
+        assert_eq!(
+            parse_xml(b"<xml><out_trade_no>PD1</out_trade_no></xml>").unwrap(),
+            map(&[("out_trade_no", "PD1")])
+        );
     }
 
     #[test]

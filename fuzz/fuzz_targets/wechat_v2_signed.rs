@@ -1,0 +1,15 @@
+#![no_main]
+//! `cargo fuzz run wechat_v2_signed`: see payd's src/fuzzing.rs for what it checks.
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use payd::fuzzing::Harness;
+
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    HARNESS
+        .get_or_init(Harness::new)
+        .run("wechat_v2_signed", data);
+});
