@@ -306,28 +306,16 @@ impl Application {
             Arc<dyn crate::providers::statement::StatementSource>,
         )> = Vec::new();
         if let Some(w) = &wechat {
-            sources.push((
-                payd_actors::model::ProviderKind::WechatV3,
-                Arc::new(crate::reconcile::WechatV3Statements(w.clone())),
-            ));
+            sources.push((payd_actors::model::ProviderKind::WechatV3, w.clone()));
         }
         if let Some(w) = &wechat_v2 {
-            sources.push((
-                payd_actors::model::ProviderKind::WechatV2,
-                Arc::new(crate::reconcile::WechatV2Statements(w.clone())),
-            ));
+            sources.push((payd_actors::model::ProviderKind::WechatV2, w.clone()));
         }
         if let Some(a) = &alipay {
-            sources.push((
-                payd_actors::model::ProviderKind::Alipay,
-                Arc::new(crate::reconcile::AlipayStatements(a.clone())),
-            ));
+            sources.push((payd_actors::model::ProviderKind::Alipay, a.clone()));
         }
         if let Some(s) = &stripe {
-            sources.push((
-                payd_actors::model::ProviderKind::Stripe,
-                Arc::new(crate::reconcile::StripeStatements(s.clone())),
-            ));
+            sources.push((payd_actors::model::ProviderKind::Stripe, s.clone()));
         }
         let reconciler = Arc::new(crate::reconcile::Reconciler::new(
             store.clone(),

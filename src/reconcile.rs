@@ -26,7 +26,7 @@ use payd_storage::Store;
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
 
-use crate::providers::statement::{StatementDay, StatementError, StatementSource};
+use crate::providers::statement::{StatementDay, StatementError, StatementFuture, StatementSource};
 
 /// Why a run could not even start (a failed statement is a run, stored as failed).
 #[derive(Debug, thiserror::Error)]
@@ -344,71 +344,26 @@ pub fn to_csv(r: &ReconReport) -> String {
     out
 }
 
-// ---- statement sources ----
+// ---- statement sources: each provider adapter is one ----
 
-pub struct WechatV3Statements(pub Arc<crate::providers::wechat::v3::WechatV3>);
-
-impl StatementSource for WechatV3Statements {
-    fn offset_hours(&self) -> i8 {
-        8
-    }
-    fn fetch(
-        &self,
-        day: StatementDay,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
-    > {
-        Box::pin(self.0.trade_bill(day))
-    }
+macro_rules! statement_source {
+    ($provider:ty, $offset_hours:expr, $fetch:ident) => {
+        impl StatementSource for $provider {
+            fn offset_hours(&self) -> i8 {
+                $offset_hours
+            }
+            fn fetch(&self, day: StatementDay) -> StatementFuture<'_> {
+                Box::pin(self.$fetch(day))
+            }
+        }
+    };
 }
 
-pub struct AlipayStatements(pub Arc<crate::providers::alipay::Alipay>);
-
-impl StatementSource for AlipayStatements {
-    fn offset_hours(&self) -> i8 {
-        8
-    }
-    fn fetch(
-        &self,
-        day: StatementDay,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
-    > {
-        Box::pin(self.0.trade_bill(day))
-    }
-}
-
-pub struct StripeStatements(pub Arc<crate::providers::stripe::Stripe>);
-
-impl StatementSource for StripeStatements {
-    fn offset_hours(&self) -> i8 {
-        0
-    }
-    fn fetch(
-        &self,
-        day: StatementDay,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
-    > {
-        Box::pin(self.0.balance_statement(day))
-    }
-}
-
-pub struct WechatV2Statements(pub Arc<crate::providers::wechat::v2::WechatV2>);
-
-impl StatementSource for WechatV2Statements {
-    fn offset_hours(&self) -> i8 {
-        8
-    }
-    fn fetch(
-        &self,
-        day: StatementDay,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
-    > {
-        Box::pin(self.0.trade_bill(day))
-    }
-}
+// WeChat Pay and Alipay close their statements on Beijing days, Stripe on UTC days.
+statement_source!(crate::providers::wechat::v3::WechatV3, 8, trade_bill);
+statement_source!(crate::providers::wechat::v2::WechatV2, 8, trade_bill);
+statement_source!(crate::providers::alipay::Alipay, 8, trade_bill);
+statement_source!(crate::providers::stripe::Stripe, 0, balance_statement);
 
 /// One line per run for the CLI.
 fn describe(r: &ReconReport) -> String {

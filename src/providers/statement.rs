@@ -122,16 +122,16 @@ pub fn wall_time(s: &str, offset_hours: i8) -> Option<Timestamp> {
     Some(Timestamp(secs * 1000))
 }
 
-/// Where reconciliation gets a provider's statement.
+/// A statement on its way.
+pub type StatementFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + 'a>,
+>;
+
+/// Where reconciliation gets a provider's statement: each provider adapter.
 pub trait StatementSource: Send + Sync {
     /// Statement days are in this time zone (hours east of UTC).
     fn offset_hours(&self) -> i8;
-    fn fetch(
-        &self,
-        day: StatementDay,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Statement, StatementError>> + Send + '_>,
-    >;
+    fn fetch(&self, day: StatementDay) -> StatementFuture<'_>;
 }
 
 /// Downloads a file through the provider's executor (retries, breaker, redacted logs).
