@@ -243,28 +243,36 @@ impl Engine {
 
 /// Removes what a database creation cut short left behind, so that it can start over.
 ///
-/// fjall creates `lock`, `keyspaces/` and an empty `0.jnl` and writes its `version`
-/// marker last; without the marker it creates the database again, and fails on the
-/// files already there ("File exists") — forever, after a power cut in the first
-/// start (found by the power-cut test). Nothing can have been stored then (the
-/// marker precedes every keyspace and every commit), so exactly those leftovers —
-/// an empty journal, an empty `keyspaces/`, the lock file — are removed; anything
-/// else is left as it is (a mount point's `lost+found`, say).
+/// fjall 3.1 creates `lock`, `keyspaces/` and `0.jnl` (pre-allocated: 64 MiB of
+/// zeros, synced, its name made durable), then its `version` marker (`FJL` and the
+/// format byte), syncs the marker and only then the data directory. A power cut
+/// before that last sync leaves the marker missing, empty or torn: fjall then
+/// either creates the database again and fails on the journal already there
+/// ("File exists"), or refuses the marker — forever (both found by the power-cut
+/// test with cuts in the first start). Nothing can have been stored then (the
+/// durable marker precedes every keyspace and every commit), so exactly those
+/// leftovers — a marker shorter than its header, a journal holding only zeros, an
+/// empty `keyspaces/`, the lock file — are removed; anything else is left as it is
+/// (a mount point's `lost+found`, say), and a complete marker means no leftovers.
 fn clear_interrupted_creation(path: &std::path::Path) -> Result<()> {
-    if path.join("version").exists() {
-        return Ok(());
-    }
+    const MARKER: &[u8] = b"FJL\x03";
     let err = |e: std::io::Error| StorageError::Engine(format!("{}: {e}", path.display()));
+    match std::fs::read(path.join("version")) {
+        Ok(m) if m.len() < MARKER.len() && MARKER.starts_with(&m) => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
     let mut leftovers = Vec::new();
     for entry in std::fs::read_dir(path).map_err(err)? {
         let entry = entry.map_err(err)?;
         let name = entry.file_name();
         let p = entry.path();
-        let empty_file = || std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0);
+        let is_file = || std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file());
         let empty_dir = || std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none());
         let leftover = match name.to_str() {
-            Some("lock") => p.is_file(),
-            Some("0.jnl") => empty_file(),
+            Some("lock" | "version") => is_file(),
+            Some("0.jnl") => is_file() && only_zeros(&p).map_err(err)?,
             Some("keyspaces") => empty_dir(),
             _ => false,
         };
@@ -281,6 +289,20 @@ fn clear_interrupted_creation(path: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a file holds nothing but zero bytes (or nothing at all).
+fn only_zeros(p: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
 }
 
 /// Makes the directory entries fjall created durable before anything is committed.
@@ -1374,5 +1396,36 @@ mod tests {
         std::fs::create_dir(other.path().join("lost+found")).unwrap();
         open(other.path()).shutdown().await;
         assert!(other.path().join("lost+found").is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_first_start_cut_after_the_journal_was_preallocated_starts_over() {
+        // A cut after fjall's journal was pre-allocated and made durable (64 MiB of
+        // zeros) but before the version marker's name was: once missing, once empty
+        // and once torn. Each used to fail every start ("File exists", or the
+        // marker refused).
+        for marker in [None, Some(&b""[..]), Some(&b"FJ"[..])] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("lock"), b"").unwrap();
+            std::fs::File::create(dir.path().join("0.jnl"))
+                .unwrap()
+                .set_len(64 << 20)
+                .unwrap();
+            std::fs::create_dir(dir.path().join("keyspaces")).unwrap();
+            if let Some(m) = marker {
+                std::fs::write(dir.path().join("version"), m).unwrap();
+            }
+            let store = open(dir.path());
+            assert_eq!(add(&store, "a", 5).await.unwrap(), Ok(5));
+            store.shutdown().await;
+            let store = open(dir.path());
+            assert_eq!(add(&store, "a", 1).await.unwrap(), Ok(6), "{marker:?}");
+            store.shutdown().await;
+        }
+        // A journal holding anything but zeros is not a leftover: never removed.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("0.jnl"), [0, 0, 7]).unwrap();
+        assert!(Store::open(StoreOptions::new(dir.path(), vec!["balances"])).is_err());
+        assert_eq!(std::fs::read(dir.path().join("0.jnl")).unwrap(), [0, 0, 7]);
     }
 }

@@ -281,6 +281,50 @@ impl Audit<'_> {
 
 /// A cut point inside the log: uniform, or just after a completed write whose
 /// sync had not finished (where tearing matters).
+/// The evidence of one cut: the directory before the run, what the cut left, and
+/// what the run did up to the cut. Written to `$TMPDIR/payd-powercut-<seed>` when what
+/// follows the cut fails — an audit, or payd refusing to start on it.
+struct Evidence {
+    before: fsmodel::Tree,
+    after: fsmodel::Tree,
+    history: fsmodel::History,
+}
+
+impl Evidence {
+    fn keep(&self, seed: u64, data: &str) {
+        let keep = std::env::temp_dir().join(format!("payd-powercut-{seed}"));
+        let _ = std::fs::remove_dir_all(&keep);
+        for (name, tree) in [("before", &self.before), ("after", &self.after)] {
+            fsmodel::write_tree(
+                &keep.join(name),
+                &fsmodel::rebase(tree, data, &keep.join(name)),
+            );
+        }
+        std::fs::write(keep.join("ops.txt"), self.history.describe(data)).unwrap();
+        println!("power cut evidence kept in {}", keep.display());
+    }
+}
+
+/// Waits until payd is ready; `Err` with its exit status if it exits first (it
+/// refused to open the directory), or if it is not ready within 20 s.
+async fn ready(child: &mut Payd, client: &reqwest::Client, base: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            return Err(format!("payd exited while starting: {exit}"));
+        }
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == StatusCode::OK
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("payd never became ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn cut_point(log: &[fsmodel::Rec], rng: &mut impl Rng) -> usize {
     let after_writes: Vec<usize> = (1..log.len())
         .filter(|&i| log[i - 1].is_write_done(log))
@@ -339,18 +383,20 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
         users: &users,
     };
 
-    // With PAYD_POWERCUT_FIRST_START=1 the first run creates the database under the
-    // recorder too, so cuts land in the middle of fjall's first start. Off by default
-    // while one such cut is still open: payd then fails to open with fjall's "File
-    // exists" (seed 7 with 100 runs); the default creates the database first.
+    // The first run creates the database under the recorder too, so cuts land in the
+    // middle of fjall's first start (which found the leftovers that
+    // `clear_interrupted_creation` in storage/src/store.rs removes).
+    // PAYD_POWERCUT_FIRST_START=0 creates the database before the first cut instead.
     std::fs::create_dir_all(&data).unwrap();
-    if std::env::var_os("PAYD_POWERCUT_FIRST_START").is_none() {
+    if std::env::var("PAYD_POWERCUT_FIRST_START").is_ok_and(|v| v == "0") {
         let mut child = start(&cfg, None);
         wait_ready(&client, &base).await;
         child.kill();
     }
 
     let mut totals = BTreeMap::<&str, usize>::new();
+    // The last cut, whose directory the next start opens.
+    let mut last: Option<Evidence> = None;
     for run in 0..runs {
         let snapshot = fsmodel::read_tree(&data);
         let log_path = root.join(format!("run-{run}.log"));
@@ -362,7 +408,12 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
             *totals.entry("runs killed during startup").or_default() += 1;
         } else {
-            wait_ready(&client, &base).await;
+            if let Err(e) = ready(&mut child, &client, &base).await {
+                if let Some(ev) = &last {
+                    ev.keep(seed, &data_str);
+                }
+                panic!("{e} (run {run}, after the last cut of the previous run, seed {seed})");
+            }
             for u in &users {
                 tasks.push(tokio::spawn(buyer(
                     client.clone(),
@@ -379,10 +430,12 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
             t.abort();
         }
         // payd must not have exited on its own (a refused open would show here).
-        assert!(
-            exit.code().is_none(),
-            "payd exited by itself (run {run}, seed {seed}): {exit}"
-        );
+        if exit.code().is_some() {
+            if let Some(ev) = &last {
+                ev.keep(seed, &data_str);
+            }
+            panic!("payd exited by itself (run {run}, seed {seed}): {exit}");
+        }
 
         let log = fsmodel::parse_log(&std::fs::read(&log_path).unwrap_or_default());
         std::fs::remove_file(&log_path).ok();
@@ -414,7 +467,13 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
             *totals.entry(cut.name()).or_default() += 1;
             *totals.entry("unsynced bytes dropped").or_default() += stats.lost_bytes;
             *totals.entry("unsynced operations").or_default() += stats.ops - stats.durable;
+            let evidence = Evidence {
+                before: snapshot.clone(),
+                after,
+                history,
+            };
             if i + 1 == points.len() {
+                last = Some(evidence);
                 break; // the end of the log: audited by the next run's start and at the end
             }
             // Acknowledged before the cut: the reply arrived before the record at k
@@ -441,26 +500,16 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
                 });
             }
             let mut child = start(&cfg, None);
-            wait_ready(&client, &base).await;
+            if let Err(e) = ready(&mut child, &client, &base).await {
+                evidence.keep(seed, &data_str);
+                panic!("{e} after a power cut at record {k} of run {run} ({cut:?}, seed {seed})");
+            }
             let f = audit.run(&before).await;
             child.kill();
             let ok =
                 f.lost.is_empty() && f.wrong.is_empty() && f.confirmed_minor == f.granted_minor;
             if !ok {
-                // Keep the evidence: the directory before the run, after the cut, and
-                // what the run did up to the cut.
-                let keep = std::env::temp_dir().join(format!("payd-powercut-{seed}"));
-                let _ = std::fs::remove_dir_all(&keep);
-                fsmodel::write_tree(
-                    &keep.join("before"),
-                    &fsmodel::rebase(&snapshot, &data_str, &keep.join("before")),
-                );
-                fsmodel::write_tree(
-                    &keep.join("after"),
-                    &fsmodel::rebase(&after, &data_str, &keep.join("after")),
-                );
-                std::fs::write(keep.join("ops.txt"), history.describe(&data_str)).unwrap();
-                println!("power cut evidence kept in {}", keep.display());
+                evidence.keep(seed, &data_str);
             }
             assert!(
                 ok,
@@ -472,7 +521,12 @@ async fn power_cut_keeps_every_acknowledged_payment_and_credits_nothing_twice() 
 
     // Open the last directory without the recorder and audit everything.
     let mut child = start(&cfg, None);
-    wait_ready(&client, &base).await;
+    if let Err(e) = ready(&mut child, &client, &base).await {
+        if let Some(ev) = &last {
+            ev.keep(seed, &data_str);
+        }
+        panic!("{e} after the last cut (seed {seed})");
+    }
     let all = acked.lock().unwrap().clone();
     assert!(!all.is_empty(), "the load produced no acknowledged payment");
     let f = audit.run(&all.iter().collect::<Vec<_>>()).await;
