@@ -17,7 +17,22 @@ use serde_json::{Value, json};
 pub(crate) const SECRET: &str = "crash-test-secret-0123456789";
 
 pub(crate) fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
+    child_config(dir, "config.toml", port, "60s", "30s", "")
+}
+
+/// The configuration file `name` in `dir` of a payd child process on `port`, its data
+/// in `dir/data`, signing tokens with [`SECRET`], selling one points package, its
+/// orders pending for `expire` and polled every `interval`; `extra` ends the
+/// `[payment]` section (more payment keys, then other sections).
+pub(crate) fn child_config(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    expire: &str,
+    interval: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
     std::fs::write(
         &path,
         format!(
@@ -30,8 +45,9 @@ path = {data:?}
 [auth]
 jwt_secret = "{SECRET}"
 [payment]
-order_expire = "60s"
-query_interval = "30s"
+order_expire = "{expire}"
+query_interval = "{interval}"
+{extra}
 [[packages]]
 id = "coins_100"
 kind = "points"

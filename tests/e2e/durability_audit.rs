@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::support::{now_secs, order_no, restrict_fixture_keys};
 use crate::wechat_sandbox::*;
 
-const SECRET: &str = "audit-test-secret-0123456789";
+use crate::crash::SECRET;
 const TRACED: &str = "fsync,fdatasync,sync_file_range,pwrite64,write,writev,sendto,sendmsg,\
                       read,recvfrom,readv";
 
@@ -51,35 +51,8 @@ struct Traced {
 
 impl Traced {
     fn start(dir: &Path, name: &str, port: u16, extra: &str) -> Traced {
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[server]
-bind = "127.0.0.1:{port}"
-base_url = "http://127.0.0.1:{port}"
-[storage]
-path = {data:?}
-[auth]
-jwt_secret = "{SECRET}"
-[payment]
-order_expire = "120s"
-query_interval = "60s"
-{extra}
-[[packages]]
-id = "coins_100"
-kind = "points"
-name = "100 coins"
-amount = 990
-currency = "CNY"
-points = 100
-bonus_points = 10
-"#,
-                data = dir.join("data").display().to_string()
-            ),
-        )
-        .unwrap();
+        let config =
+            crate::crash::child_config(dir, &format!("{name}.toml"), port, "120s", "60s", extra);
         let trace = dir.join(format!("{name}.trace"));
         let strace = Command::new("strace")
             .args(["-f", "-ttt", "-yy", "-s", "48", "-e"])

@@ -16,6 +16,7 @@ use payd_storage::{FaultPoint, ReadView};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::crash::SECRET;
 use crate::support::{TestApp, order_no};
 use crate::wechat_sandbox::*;
 
@@ -310,37 +311,8 @@ async fn nth_write_commit_or_sync_failing_stops_acknowledgements_and_loses_nothi
     app.stop().await;
 }
 
-const FSIZE_SECRET: &str = "fsize-test-secret-0123456789";
-
 fn start_child(dir: &std::path::Path, port: u16) -> Child {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-bind = "127.0.0.1:{port}"
-base_url = "http://127.0.0.1:{port}"
-[storage]
-path = {data:?}
-[auth]
-jwt_secret = "{FSIZE_SECRET}"
-[payment]
-order_expire = "120s"
-query_interval = "60s"
-[[packages]]
-id = "coins_100"
-kind = "points"
-name = "100 coins"
-amount = 990
-currency = "CNY"
-points = 100
-bonus_points = 10
-"#,
-            data = dir.join("data").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = crate::crash::child_config(dir, "config.toml", port, "120s", "60s", "");
     let log = std::fs::File::create(dir.join("payd.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_payd"))
         .args(["serve", "--config"])
@@ -428,7 +400,7 @@ async fn file_size_limit_does_not_kill_payd_stops_acks_keeps_reads_loses_nothing
         .build()
         .unwrap();
     let jwt = Jwt::new(&payd::config::AuthConfig {
-        jwt_secret: payd::config::Secret::new(FSIZE_SECRET),
+        jwt_secret: payd::config::Secret::new(SECRET),
         leeway: Duration::from_secs(5),
         issuer: None,
         audience: None,
