@@ -2,7 +2,8 @@
 //!
 //! Deadlines are written with the transitions that set them (the `deadlines` table,
 //! keyed by due time), so nothing here needs to survive a restart: on start the
-//! scheduler simply reads the index from its head. It holds in memory only the
+//! scheduler simply reads the index from its head (and then from the earliest
+//! deadline still there). It holds in memory only the
 //! deadlines it has fired and not yet seen removed — never the index itself — and
 //! fires overdue ones at a bounded rate, so a backlog after downtime drains without
 //! swamping the providers.
@@ -99,7 +100,21 @@ pub struct SchedulerState {
     warned_ahead_ms: i64,
     /// (order number, kind, generation) → when it was fired.
     fired: HashMap<(String, u8, u64), Timestamp>,
+    /// Where the next scan starts: the key of the earliest deadline the last scan
+    /// found (or the time it scanned to, when nothing was due). Everything before it
+    /// had been handled and deleted, and a deadline is set in the future, so scanning
+    /// from here skips the tombstones of handled deadlines (an expiry storm leaves a
+    /// hundred thousand of them, all due in the same millisecond, in the memtable,
+    /// which a scan from the head walks on every tick). `None`: from the head.
+    resume_at: Option<Vec<u8>>,
+    /// Ticks since the last scan from the head. One in [`FULL_SCAN_EVERY`] scans from
+    /// the head anyway, so a deadline set behind the resume point (a wall clock
+    /// stepped backward) fires at most that many ticks late.
+    ticks_since_full: u32,
 }
+
+/// One scan in this many ticks starts at the head of the deadline index.
+const FULL_SCAN_EVERY: u32 = 50;
 
 impl Actor for Scheduler {
     type Msg = SchedulerMsg;
@@ -117,6 +132,8 @@ impl Actor for Scheduler {
             firing: FiringClock::default(),
             warned_ahead_ms: 0,
             fired: HashMap::new(),
+            resume_at: None,
+            ticks_since_full: 0,
         })
     }
 
@@ -150,11 +167,32 @@ fn fire_due(st: &mut SchedulerState) -> Result<(), payd_storage::StorageError> {
     }
     let refire_ms = args.config.refire_after.as_millis() as i64;
     let end = (now.ms() + 1).to_bytes();
+    let from = match st.resume_at.take() {
+        Some(key) if st.ticks_since_full < FULL_SCAN_EVERY => {
+            st.ticks_since_full += 1;
+            // Never past the end (the wall clock may have stepped back since).
+            Some(if key.as_slice() < end.as_slice() {
+                key
+            } else {
+                now.ms().to_bytes()
+            })
+        }
+        _ => {
+            st.ticks_since_full = 0;
+            None
+        }
+    };
     let view = args.store.read()?;
     // Read past the ones fired and still waiting, so they cannot starve the rest.
     let limit = args.config.max_fire_per_tick + st.fired.len();
-    let due = view.scan_until(&DEADLINES, &end, limit)?;
+    let due = view.scan_until(&DEADLINES, from.as_deref(), &end, limit)?;
     drop(view);
+    // Resume at the earliest deadline still there; nothing due: at now, since
+    // whatever is set from now on is due later.
+    st.resume_at = Some(
+        due.first()
+            .map_or_else(|| now.ms().to_bytes(), |(key, _)| key.to_bytes()),
+    );
     let mut fired_now = 0;
     let mut still_due = std::collections::HashSet::new();
     for ((_, order_no, kind), dref) in due {

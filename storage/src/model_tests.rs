@@ -49,6 +49,7 @@ enum Op {
         reverse: bool,
     },
     ScanUntil {
+        from: Option<u64>,
         end: u64,
         limit: usize,
     },
@@ -87,7 +88,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => proptest::collection::vec(writes(), 2..6).prop_map(Op::Together),
         2 => (0u64..5, 0usize..6, any::<bool>())
             .prop_map(|(prefix, limit, reverse)| Op::ScanNested { prefix, limit, reverse }),
-        1 => (0u64..5, 0usize..8).prop_map(|(end, limit)| Op::ScanUntil { end, limit }),
+        1 => (proptest::option::of(0u64..5), 0u64..5, 0usize..8)
+            .prop_map(|(from, end, limit)| Op::ScanUntil { from, end, limit }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -238,12 +240,13 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 prop_assert_eq!(got, want);
             }
-            Op::ScanUntil { end, limit } => {
+            Op::ScanUntil { from, end, limit } => {
                 let end_key = crate::Key::to_bytes(&(end, String::new()));
+                let from_key = from.map(|f| crate::Key::to_bytes(&f));
                 let got: Vec<_> = store
                     .read()
                     .expect("read")
-                    .scan_until(&NESTED, &end_key, limit)
+                    .scan_until(&NESTED, from_key.as_deref(), &end_key, limit)
                     .expect("scan")
                     .into_iter()
                     .map(|(k, v)| (k, v.0))
@@ -251,7 +254,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let want: Vec<_> = model
                     .nested
                     .iter()
-                    .filter(|((n, _), _)| *n < end)
+                    .filter(|((n, _), _)| *n < end && from.is_none_or(|f| *n >= f))
                     .take(limit)
                     .map(|(k, v)| (k.clone(), *v))
                     .collect();

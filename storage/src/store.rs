@@ -699,15 +699,18 @@ impl ReadView {
         }
     }
 
-    /// Up to `limit` entries with key < `end` (all from the start), in key order.
+    /// Up to `limit` entries with `from` ≤ key < `end`, in key order; `from: None`
+    /// starts at the table's first key. Starting past keys known to be deleted saves
+    /// stepping over their tombstones, which stay in the memtable until it is flushed.
     pub fn scan_until<K: Key, V: Record>(
         &self,
         table: &Table<K, V>,
+        from: Option<&[u8]>,
         end_exclusive: &[u8],
         limit: usize,
     ) -> Result<Vec<(K, V)>> {
-        let range: (Bound<&[u8]>, Bound<&[u8]>) =
-            (Bound::Unbounded, Bound::Excluded(end_exclusive));
+        let start = from.map_or(Bound::Unbounded, Bound::Included);
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (start, Bound::Excluded(end_exclusive));
         let iter = self
             .snapshot
             .range::<&[u8], _>(self.engine.keyspace(table.name), range);

@@ -190,3 +190,40 @@ async fn a_wall_clock_jump_backward_delays_expiry_and_never_panics() {
     assert_eq!(w.statuses(), vec![(OrderStatus::Expired, false); 3]);
     w.engine.stop().await;
 }
+
+/// Each scan of the deadline index starts at the earliest deadline the previous one
+/// found, skipping the tombstones of handled ones. A deadline set behind that point —
+/// here after the wall clock stepped back — is still fired by the periodic scan from
+/// the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_set_behind_the_scan_position_still_fires() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut w = world(dir.path()).await;
+    // Scanned with 35 minutes on the clock: two orders expired, the scans now start
+    // at 35 minutes or later.
+    w.clock.pass(35 * MIN);
+    w.settle().await;
+    assert_eq!(w.expiring(), 2, "{:?}", w.statuses());
+    // Back 30 minutes, and a new order due 10 minutes later: 25 minutes before where
+    // the scans start.
+    w.clock.jump(-30 * MIN);
+    let mut o = sim_order(3, "u", true, w.clock.now(), 10 * MIN);
+    o.timers.poll = None;
+    let no = o.order_no.clone();
+    crate::commands::create_order(&w.engine.store, o)
+        .await
+        .expect("created");
+    w.engine
+        .ask(&no, OrderCommand::OpenTrade)
+        .await
+        .expect("opened");
+    w.orders.push(no);
+    w.clock.pass(11 * MIN);
+    // A scan from the head comes at least once in 50 ticks (5 ms each).
+    for _ in 0..4 {
+        w.settle().await;
+    }
+    let statuses = w.statuses();
+    assert_eq!(statuses[3], (OrderStatus::Expired, false), "{statuses:?}");
+    w.engine.stop().await;
+}
