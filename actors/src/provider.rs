@@ -12,6 +12,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use payd_storage::{StorageError, WriteCtx};
+
 use crate::model::{Currency, PaymentMethod, ProviderKind, Timestamp};
 pub use crate::order::machine::{CloseOutcome, QueryOutcome};
 
@@ -120,10 +122,27 @@ pub trait PaymentProvider: Send + Sync + 'static {
     fn open_locally(&self, _request: &TradeRequest) -> Option<OpenedTrade> {
         None
     }
+    /// The provider's trades as records in payd's own store, when they are (the
+    /// mock): then a query or a close is answered inside the storage command that
+    /// records the answer, without a call. Real providers keep `None`.
+    fn local_trades(&self) -> Option<&dyn LocalTrades> {
+        None
+    }
     fn query(&self, trade: TradeRef) -> ProviderFuture<'_, QueryOutcome>;
     fn close(&self, trade: TradeRef) -> ProviderFuture<'_, CloseOutcome>;
     fn refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome>;
     fn query_refund(&self, request: RefundRequest) -> ProviderFuture<'_, RefundOutcome>;
+}
+
+/// Queries and closes answered from trades kept in payd's own store, inside a storage
+/// command: what [`PaymentProvider::query`] and [`PaymentProvider::close`] would
+/// answer, read (and for a close, written) through `ctx`, so the answer and the
+/// order's transition that records it are durable together.
+pub trait LocalTrades: Send + Sync {
+    fn query(&self, ctx: &mut WriteCtx<'_>, trade: &TradeRef)
+    -> Result<QueryOutcome, StorageError>;
+    fn close(&self, ctx: &mut WriteCtx<'_>, trade: &TradeRef)
+    -> Result<CloseOutcome, StorageError>;
 }
 
 /// The configured providers, and which one serves each payment method.

@@ -14,8 +14,8 @@ use payd_actors::model::PaymentSource;
 use payd_actors::model::{Currency, PaymentMethod, ProviderKind, Timestamp};
 use payd_actors::order::machine::PaymentReport;
 use payd_actors::provider::{
-    CloseOutcome, OpenedTrade, PaymentProvider, ProviderError, ProviderFuture, QueryOutcome,
-    RefundOutcome, RefundRequest, RefundStatus, TradeRef, TradeRequest,
+    CloseOutcome, LocalTrades, OpenedTrade, PaymentProvider, ProviderError, ProviderFuture,
+    QueryOutcome, RefundOutcome, RefundRequest, RefundStatus, TradeRef, TradeRequest,
 };
 use payd_actors::tables::ORDERS;
 use payd_storage::{Record, StorageError, Store, Table, WriteCtx};
@@ -158,6 +158,62 @@ fn trade_of(ctx: &mut WriteCtx<'_>, order_no: &String) -> Result<Option<MockTrad
         }))
 }
 
+/// What a query of a trade in this state answers.
+fn query_answer(found: Option<MockTrade>) -> QueryOutcome {
+    match found {
+        // Like real providers before the buyer scans: no trade means unpaid.
+        None => QueryOutcome::NotPaid,
+        Some(t) => match (t.paid, t.state) {
+            (Some((transaction_id, amount_minor, currency, paid_at)), _) => {
+                QueryOutcome::Paid(PaymentReport {
+                    transaction_id,
+                    amount_minor,
+                    currency,
+                    paid_at,
+                    source: PaymentSource::Query,
+                })
+            }
+            (None, MockTradeState::Closed) => QueryOutcome::Closed,
+            (None, MockTradeState::Failed) => QueryOutcome::Failed {
+                reason: "mock payment failed".into(),
+            },
+            (None, _) => QueryOutcome::NotPaid,
+        },
+    }
+}
+
+/// Closes the trade unless it was paid.
+fn close_trade(ctx: &mut WriteCtx<'_>, order_no: &String) -> Result<CloseOutcome, StorageError> {
+    let Some(mut t) = trade_of(ctx, order_no)? else {
+        return Ok(CloseOutcome::Closed);
+    };
+    if t.paid.is_some() {
+        return Ok(CloseOutcome::AlreadyPaid);
+    }
+    t.state = MockTradeState::Closed;
+    ctx.put(&MOCK_TRADES, order_no, &t);
+    Ok(CloseOutcome::Closed)
+}
+
+/// The same answers as the calls, inside the command that records them.
+impl LocalTrades for MockProvider {
+    fn query(
+        &self,
+        ctx: &mut WriteCtx<'_>,
+        trade: &TradeRef,
+    ) -> Result<QueryOutcome, StorageError> {
+        Ok(query_answer(ctx.get(&MOCK_TRADES, &trade.order_no)?))
+    }
+
+    fn close(
+        &self,
+        ctx: &mut WriteCtx<'_>,
+        trade: &TradeRef,
+    ) -> Result<CloseOutcome, StorageError> {
+        close_trade(ctx, &trade.order_no)
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
@@ -179,50 +235,24 @@ impl PaymentProvider for MockProvider {
         Some(self.opened(request))
     }
 
+    fn local_trades(&self) -> Option<&dyn LocalTrades> {
+        Some(self)
+    }
+
     fn query(&self, trade: TradeRef) -> ProviderFuture<'_, QueryOutcome> {
         Box::pin(async move {
             let view = self.store.read().map_err(storage_err)?;
             let found = view
                 .get(&MOCK_TRADES, &trade.order_no)
                 .map_err(storage_err)?;
-            Ok(match found {
-                // Like real providers before the buyer scans: no trade means unpaid.
-                None => QueryOutcome::NotPaid,
-                Some(t) => match (t.paid, t.state) {
-                    (Some((transaction_id, amount_minor, currency, paid_at)), _) => {
-                        QueryOutcome::Paid(PaymentReport {
-                            transaction_id,
-                            amount_minor,
-                            currency,
-                            paid_at,
-                            source: PaymentSource::Query,
-                        })
-                    }
-                    (None, MockTradeState::Closed) => QueryOutcome::Closed,
-                    (None, MockTradeState::Failed) => QueryOutcome::Failed {
-                        reason: "mock payment failed".into(),
-                    },
-                    (None, _) => QueryOutcome::NotPaid,
-                },
-            })
+            Ok(query_answer(found))
         })
     }
 
     fn close(&self, trade: TradeRef) -> ProviderFuture<'_, CloseOutcome> {
         Box::pin(async move {
-            let order_no = trade.order_no.clone();
             self.store
-                .submit(move |ctx| {
-                    let Some(mut t) = trade_of(ctx, &order_no)? else {
-                        return Ok(CloseOutcome::Closed);
-                    };
-                    if t.paid.is_some() {
-                        return Ok(CloseOutcome::AlreadyPaid);
-                    }
-                    t.state = MockTradeState::Closed;
-                    ctx.put(&MOCK_TRADES, &order_no, &t);
-                    Ok::<_, StorageError>(CloseOutcome::Closed)
-                })
+                .submit(move |ctx| close_trade(ctx, &trade.order_no))
                 .await
                 .and_then(|r| r)
                 .map_err(storage_err)

@@ -66,11 +66,43 @@ async fn qr_reissue_extends_the_code_for_the_same_trade_but_never_past_expiry() 
 async fn an_unpaid_order_expires_and_is_closed_at_the_provider() {
     let app = TestApp::spawn().await;
     let u = app.token("ivy");
+    let store = app.app().state().store.clone();
+    let before = store.stats();
     let no = order_no(&app.order(&u, "basic", "mock").await);
     let expired = app
         .wait_for_status(&u, &no, "expired", Duration::from_secs(10))
         .await;
     assert_eq!(expired["late_payment"], false);
+    // The whole sequence is in the history: expiry, query, close, query …
+    let (_, detail) = app
+        .get(&format!("/api/v1/admin/orders/{no}"), &app.admin_token())
+        .await;
+    let events: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "created",
+            "trade_opened",
+            "order_expired",
+            "query_result",
+            "close_result",
+            "query_result"
+        ]
+    );
+    // … but the mock answers inside payd's own storage, so each deadline took one
+    // storage command: the create, two polls (1 s and 3 s after it) and the expiry
+    // (4 s) with its query, close and query.
+    let after = store.stats();
+    assert_eq!(
+        after.commands - before.commands,
+        4,
+        "{before:?} → {after:?}"
+    );
     let view = app.app().state().store.read().unwrap();
     let trade = view
         .get(&payd::providers::mock::MOCK_TRADES, &no)

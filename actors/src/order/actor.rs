@@ -14,6 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::commands::{self, CommandError, RefundOp, TransitionWrite};
 use crate::model::{NotificationRecord, Order, OrderStatus, TimelineEntry};
 use crate::order::Deps;
+use crate::order::local;
 use crate::order::machine::{
     CloseOutcome, Effect, Event, QueryOutcome, RefundReport, Rejection, step,
 };
@@ -319,6 +320,21 @@ async fn apply_logged(
     let actor = event.actor();
     let before = st.order.clone();
     let transition = step(&before, event, now, &st.deps.policy)?;
+    if local::wants_answers(&transition.effects)
+        && let Some(provider) = st.deps.providers.get(before.provider)
+        && provider.local_trades().is_some()
+    {
+        return apply_folded(
+            myself,
+            st,
+            provider,
+            (before, transition),
+            (event_name, actor),
+            now,
+            notification,
+        )
+        .await;
+    }
     if let Some(write) = transition_write(
         &before,
         &transition,
@@ -354,6 +370,59 @@ async fn apply_logged(
     Ok(())
 }
 
+/// [`apply_logged`] for a transition that asks a local provider (the mock) for
+/// answers: the transition and those answers' transitions in one storage command
+/// (see [`local`]), then the observers hear of each, in order, and what is left of
+/// the effects is carried out.
+async fn apply_folded(
+    myself: &ActorRef<OrderMsg>,
+    st: &mut OrderState,
+    provider: Arc<dyn crate::provider::PaymentProvider>,
+    (before, transition): (Order, crate::order::machine::Transition),
+    (event_name, actor): (&'static str, crate::model::Actor),
+    now: crate::model::Timestamp,
+    notification: Option<NotificationRecord>,
+) -> Result<(), OrderError> {
+    let deps = st.deps.clone();
+    let order_no = before.order_no.clone();
+    let result = commands::run(&st.deps.store, move |ctx| {
+        let fc = local::FoldCtx {
+            now,
+            policy: &deps.policy,
+            tiers: &deps.tiers,
+            webhooks: deps.webhooks,
+        };
+        local::fold(
+            ctx,
+            provider.as_ref(),
+            &before,
+            transition,
+            (event_name, actor),
+            &fc,
+            notification,
+        )
+    })
+    .await;
+    let folded = match result {
+        Ok(f) => f,
+        Err(e) => return Err(storage_failed(myself, &order_no, event_name, e)),
+    };
+    st.order = folded.order;
+    for w in &folded.written {
+        if w.after.status != w.before.status {
+            tracing::info!(order_no = %order_no, from = w.before.status.as_str(),
+                to = w.after.status.as_str(), event = w.event, "order status changed");
+        }
+        for observer in &st.deps.observers {
+            observer.transition(&w.before, &w.after, w.event);
+        }
+    }
+    for effect in folded.effects {
+        dispatch(myself, st, effect);
+    }
+    Ok(())
+}
+
 /// The timeline entry of a transition from `before` to `next`, when it is one a
 /// reader of the order's history would want to see.
 pub(crate) fn timeline_entry(
@@ -380,7 +449,7 @@ pub(crate) fn timeline_entry(
     })
 }
 
-fn trade_ref(order: &Order) -> TradeRef {
+pub(crate) fn trade_ref(order: &Order) -> TradeRef {
     TradeRef {
         order_no: order.order_no.clone(),
         trade_ref: order.provider_trade_ref.clone(),

@@ -15,6 +15,7 @@ mod clock_jump_tests;
 pub mod create;
 #[cfg(test)]
 mod engine_model_tests;
+mod local;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;
