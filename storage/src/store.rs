@@ -211,6 +211,13 @@ impl<K: Key, V: Record> Table<K, V> {
     }
 }
 
+/// Each table's memtable is flushed once it holds this much (fjall's default is
+/// 64 MiB per keyspace). Memtables are the bulk of a busy store's memory — a skip
+/// list node per write, about twice the bytes it journals — and a dozen tables at
+/// 64 MiB could each sit near full; at 16 MiB a million pending orders stay within
+/// issue 9's 512 B each, and the journal they pin (replayed at start) is shorter.
+const MAX_MEMTABLE_SIZE: u64 = 16 << 20;
+
 struct Engine {
     db: SingleWriterTxDatabase,
     keyspaces: HashMap<&'static str, SingleWriterTxKeyspace>,
@@ -225,7 +232,8 @@ impl Engine {
         let found = check_format(&db, opts.format_version())?;
         let mut keyspaces = HashMap::new();
         for &name in &opts.tables {
-            keyspaces.insert(name, db.keyspace(name, KeyspaceCreateOptions::default)?);
+            let options = || KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_SIZE);
+            keyspaces.insert(name, db.keyspace(name, options)?);
         }
         sync_directories(&opts.path)?;
         let engine = Engine { db, keyspaces };
