@@ -564,3 +564,58 @@ queries_count = 100
         self.call(method, &path, admin, body).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::rejections::RejectReason;
+
+    /// WeChat Pay v3 takes a callback signed less than 300 s from payd's clock, either
+    /// way, and refuses one 300 s or more away as stale: the official payment
+    /// notification vector (signed at 1 700 000 000), verified as of each moment.
+    #[test]
+    fn a_wechat_v3_callback_is_fresh_up_to_but_not_at_300_seconds() {
+        let h = Harness::new();
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/vectors/wechatpay_v3.json"))
+                .expect("vectors");
+        let n = &vectors["payment_notification"];
+        let body = n["body"].as_str().expect("body");
+        let signed_at: i64 = n["headers"]["Wechatpay-Timestamp"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("timestamp");
+        let header = |name: &str| {
+            let (_, v) = n["headers"]
+                .as_object()?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))?;
+            v.as_str().map(str::to_string)
+        };
+        for (offset, fresh) in [
+            (0, true),
+            (299, true),
+            (-299, true),
+            (300, false),
+            (-300, false),
+            (86_400, false),
+        ] {
+            let verdict = h.runtime.block_on(h.v3.verify_callback_at(
+                header,
+                body.as_bytes(),
+                signed_at + offset,
+            ));
+            if fresh {
+                assert!(
+                    matches!(verdict, Ok(V3Notification::Payment { .. })),
+                    "{offset} s: {verdict:?}"
+                );
+            } else {
+                assert!(
+                    matches!(verdict, Err(RejectReason::Stale)),
+                    "{offset} s: {verdict:?}"
+                );
+            }
+        }
+    }
+}

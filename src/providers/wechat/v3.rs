@@ -401,7 +401,7 @@ impl WechatV3 {
             .await
     }
 
-    async fn verify_callback_at(
+    pub(crate) async fn verify_callback_at(
         &self,
         header: impl Fn(&str) -> Option<String>,
         body: &[u8],
