@@ -762,8 +762,17 @@ impl ReadView {
     }
 }
 
+/// A batch at least this large means commands are arriving concurrently: the next
+/// batch waits [`GROUP_WAIT`] for more before it commits.
+const BUSY_BATCH: usize = 8;
+/// How long a busy writer holds a batch open. Under load each fsync then carries
+/// two to three times the commands for at most this much more latency; an idle or
+/// lightly used store (one command at a time) never waits.
+const GROUP_WAIT: Duration = Duration::from_micros(250);
+
 fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
     let mut pending: Option<Msg> = None;
+    let mut busy = false;
     loop {
         let first = match pending.take().or_else(|| rx.blocking_recv()) {
             Some(m) => m,
@@ -775,13 +784,21 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             Msg::Job(j) => batch.push(j),
             Msg::Shutdown(done) => shutdown = Some(done),
         }
-        while shutdown.is_none() && batch.len() < shared.opts.max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Job(j)) => batch.push(j),
-                Ok(Msg::Shutdown(done)) => shutdown = Some(done),
-                Err(_) => break,
+        let mut drain = |batch: &mut Vec<Job>, shutdown: &mut Option<_>| {
+            while shutdown.is_none() && batch.len() < shared.opts.max_batch {
+                match rx.try_recv() {
+                    Ok(Msg::Job(j)) => batch.push(j),
+                    Ok(Msg::Shutdown(done)) => *shutdown = Some(done),
+                    Err(_) => break,
+                }
             }
+        };
+        drain(&mut batch, &mut shutdown);
+        if busy && shutdown.is_none() && batch.len() < shared.opts.max_batch {
+            std::thread::sleep(GROUP_WAIT);
+            drain(&mut batch, &mut shutdown);
         }
+        busy = batch.len() >= BUSY_BATCH;
         if !batch.is_empty() {
             run_batch(&shared, batch);
         }
