@@ -221,11 +221,26 @@ fn wechat_v3(c: &mut Criterion) {
     runtime
         .block_on(wechat.verify_logged_callback(header, &body, signed_at))
         .expect("the vector's callback verifies");
+    // Every API v3 request payd makes (each new order's prepay among them) carries
+    // the merchant's RSA-2048 signature: the floor under a WeChat purchase's cost.
+    let pem =
+        std::fs::read(fixture("merchant_rsa2048_private_pkcs8.pem")).expect("merchant key fixture");
+    let signer = crypto::MerchantSigner::from_pem(&pem).expect("merchant key");
+    let request = &v["request_signatures"][0];
+    let message = text(&request["message"]).as_bytes().to_vec();
+    assert_eq!(
+        signer.sign_base64(&message),
+        text(&request["signature"]),
+        "the vector's request signature"
+    );
     let mut g = c.benchmark_group("wechat_v3");
     g.bench_function("payment callback: RSA verify + AES-256-GCM + parse", |b| {
         b.iter(|| {
             runtime.block_on(wechat.verify_logged_callback(header, black_box(&body), signed_at))
         })
+    });
+    g.bench_function("request signature: RSA-2048 SHA-256 sign", |b| {
+        b.iter(|| signer.sign_base64(black_box(&message)))
     });
     g.finish();
 }
