@@ -19,7 +19,8 @@ use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use payd_actors::model::{AnomalyKind, OrderStatus, PaymentMethod};

@@ -1177,7 +1177,11 @@ mod tests {
             ("log", key("b", 4), Some(encode_record(&Balance(44)))),
             ("log", key("b", 5), Some(encode_record(&Balance(55)))),
             ("log", key("c", 1), Some(encode_record(&Balance(-1)))),
-            ("balances", "b".to_string().to_bytes(), Some(encode_record(&Balance(9)))),
+            (
+                "balances",
+                "b".to_string().to_bytes(),
+                Some(encode_record(&Balance(9))),
+            ),
         ]);
         let ctx = WriteCtx {
             engine: &engine,
@@ -1196,7 +1200,10 @@ mod tests {
         assert_eq!(scan(usize::MAX), [(0, 0), (1, 11), (4, 44), (5, 55)]);
         assert_eq!(scan(2), [(0, 0), (1, 11)]);
         assert_eq!(ctx.get(&LOG, &("b".to_string(), 2)).unwrap(), None);
-        assert_eq!(ctx.get(&BALANCES, &"b".to_string()).unwrap(), Some(Balance(9)));
+        assert_eq!(
+            ctx.get(&BALANCES, &"b".to_string()).unwrap(),
+            Some(Balance(9))
+        );
         let all = ctx.raw_entries("log").unwrap();
         assert_eq!(all.len(), 7, "a0 b0 b1 b4 b5 c0 c1");
         assert_eq!(all[6], (key("c", 1), encode_record(&Balance(-1))));
