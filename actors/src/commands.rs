@@ -57,12 +57,14 @@ impl CommandCtx for WriteCtx<'_> {
 }
 
 /// Submits a command and folds the store's error into the command's.
-pub async fn run<T, F>(store: &Store, command: F) -> Result<T, CommandError>
+pub fn run<T, F>(store: &Store, command: F) -> impl Future<Output = Result<T, CommandError>> + '_
 where
     F: FnOnce(&mut WriteCtx<'_>) -> Result<T, CommandError> + Send + 'static,
     T: Send + 'static,
 {
-    store.submit(command).await?
+    // Not an `async fn`, like `Store::submit`: the command is boxed now, not held.
+    let submitted = store.submit(command);
+    async move { submitted.await? }
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -87,35 +89,38 @@ pub async fn seed_packages(store: &Store, packages: Vec<Package>) -> Result<usiz
 }
 
 /// Stores a new order with its index entries, deadlines and first timeline entry.
-pub async fn create_order(store: &Store, order: Order) -> Result<Order, CommandError> {
-    create_order_priced(store, order, None).await
+pub fn create_order(
+    store: &Store,
+    order: Order,
+) -> impl Future<Output = Result<Order, CommandError>> + '_ {
+    create_order_priced(store, order, None)
 }
 
 /// Like `create_order`, with the pricing of an upgrade order stored beside it.
-pub async fn create_order_priced(
+pub fn create_order_priced(
     store: &Store,
     order: Order,
     upgrade: Option<crate::model::UpgradePricing>,
-) -> Result<Order, CommandError> {
-    create_order_opened(store, order, None, upgrade, false).await
+) -> impl Future<Output = Result<Order, CommandError>> + '_ {
+    create_order_opened(store, order, None, upgrade, false)
 }
 
 /// Stores a new order and, when `opened` is given, the transition that opened its
 /// trade (the order at its next version and that transition's timeline entry), in
 /// one command: a provider that opens trades locally costs one durable write per
 /// order, not two. `outbox`: announce the opening's webhook events, as
-/// [`apply_transition`] would.
-pub async fn create_order_opened(
+/// [`apply_transition`] would. (Plain functions returning the command's future, so
+/// the order is moved into the command once instead of living in every future.)
+pub fn create_order_opened(
     store: &Store,
     order: Order,
     opened: Option<(Order, TimelineEntry)>,
     upgrade: Option<crate::model::UpgradePricing>,
     outbox: bool,
-) -> Result<Order, CommandError> {
+) -> impl Future<Output = Result<Order, CommandError>> + '_ {
     run(store, move |ctx| {
         write_new_order_opened(ctx, order, opened, upgrade, outbox)
     })
-    .await
 }
 
 /// The body of [`create_order_priced`]: what storing a new order writes.

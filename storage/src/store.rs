@@ -485,38 +485,49 @@ impl Store {
     /// holds it is durable. The outer `Result` is the store's (unavailable, closed,
     /// command panicked); the inner one is the command's own verdict. A command that
     /// returns `Err` has its writes discarded.
-    pub async fn submit<T, E, F>(&self, command: F) -> Result<std::result::Result<T, E>>
+    ///
+    /// Not an `async fn`: the command is boxed into its job right away, so the future
+    /// callers hold (and move while nesting awaits) is a few words, not the command
+    /// with everything it captured — for a new order, several copies of the order.
+    pub fn submit<T, E, F>(
+        &self,
+        command: F,
+    ) -> impl Future<Output = Result<std::result::Result<T, E>>> + '_
     where
         F: FnOnce(&mut WriteCtx<'_>) -> std::result::Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: Send + 'static,
     {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(StorageError::Closed);
-        }
-        if !self.is_healthy() {
-            return Err(StorageError::Unavailable);
-        }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |ctx: Option<&mut WriteCtx<'_>>| {
-            let outcome = ctx.map(|ctx| catch_unwind(AssertUnwindSafe(|| command(ctx))));
-            let keep = matches!(outcome, Some(Ok(Ok(_))));
-            let finish: Finisher = Box::new(move |committed: Result<()>| {
-                let answer = match (committed, outcome) {
-                    (Err(e), _) => Err(e),
-                    (Ok(()), Some(Ok(verdict))) => Ok(verdict),
-                    (Ok(()), Some(Err(_))) => Err(StorageError::CommandPanicked),
-                    (Ok(()), None) => Err(StorageError::Unavailable),
-                };
-                let _ = reply_tx.send(answer);
+        let queued = if self.shared.closed.load(Ordering::Acquire) {
+            Err(StorageError::Closed)
+        } else if !self.is_healthy() {
+            Err(StorageError::Unavailable)
+        } else {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let job: Job = Box::new(move |ctx: Option<&mut WriteCtx<'_>>| {
+                let outcome = ctx.map(|ctx| catch_unwind(AssertUnwindSafe(|| command(ctx))));
+                let keep = matches!(outcome, Some(Ok(Ok(_))));
+                let finish: Finisher = Box::new(move |committed: Result<()>| {
+                    let answer = match (committed, outcome) {
+                        (Err(e), _) => Err(e),
+                        (Ok(()), Some(Ok(verdict))) => Ok(verdict),
+                        (Ok(()), Some(Err(_))) => Err(StorageError::CommandPanicked),
+                        (Ok(()), None) => Err(StorageError::Unavailable),
+                    };
+                    let _ = reply_tx.send(answer);
+                });
+                (keep, finish)
             });
-            (keep, finish)
-        });
-        self.tx
-            .send(Msg::Job(job))
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        reply_rx.await.map_err(|_| StorageError::Closed)?
+            Ok((job, reply_rx))
+        };
+        async move {
+            let (job, reply_rx) = queued?;
+            self.tx
+                .send(Msg::Job(job))
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            reply_rx.await.map_err(|_| StorageError::Closed)?
+        }
     }
 
     /// Stops the writer after the commands already queued, and closes the database.
