@@ -102,24 +102,31 @@ pub fn create_order_priced(
     order: Order,
     upgrade: Option<crate::model::UpgradePricing>,
 ) -> impl Future<Output = Result<Order, CommandError>> + '_ {
-    create_order_opened(store, order, None, upgrade, false)
+    run(store, move |ctx| write_new_order(ctx, order, upgrade))
 }
 
-/// Stores a new order and, when `opened` is given, the transition that opened its
-/// trade (the order at its next version and that transition's timeline entry), in
-/// one command: a provider that opens trades locally costs one durable write per
-/// order, not two. `outbox`: announce the opening's webhook events, as
-/// [`apply_transition`] would. (Plain functions returning the command's future, so
-/// the order is moved into the command once instead of living in every future.)
+/// Stores a new order together with the transition that opened its trade (`next`,
+/// the order at its next version, and that transition's timeline entry), in one
+/// command: a provider that opens trades locally costs one durable write per order,
+/// not two. `outbox`: announce the opening's webhook events, as
+/// [`apply_transition`] would. Answers the order as created and as stored (opened),
+/// so the caller need not keep a copy of the first. (Plain functions returning the
+/// command's future, so the order is moved into the command once instead of living
+/// in every future.)
 pub fn create_order_opened(
     store: &Store,
     order: Order,
-    opened: Option<(Order, TimelineEntry)>,
+    next: Order,
+    entry: TimelineEntry,
     upgrade: Option<crate::model::UpgradePricing>,
     outbox: bool,
-) -> impl Future<Output = Result<Order, CommandError>> + '_ {
+) -> impl Future<Output = Result<(Order, Order), CommandError>> + '_ {
     run(store, move |ctx| {
-        write_new_order_opened(ctx, order, opened, upgrade, outbox)
+        let stored = write_new(ctx, &order, Some((next, entry)), upgrade, outbox)?;
+        match stored {
+            Some(stored) => Ok((order, stored)),
+            None => Ok((order.clone(), order)),
+        }
     })
 }
 
@@ -132,7 +139,8 @@ pub fn write_new_order<C: CommandCtx>(
     write_new_order_opened(ctx, order, None, upgrade, false)
 }
 
-/// The body of [`create_order_opened`].
+/// The body of [`create_order_opened`] (and, with `opened` = `None`, of
+/// [`write_new_order`]): answers the order as stored.
 pub fn write_new_order_opened<C: CommandCtx>(
     ctx: &mut C,
     order: Order,
@@ -140,6 +148,18 @@ pub fn write_new_order_opened<C: CommandCtx>(
     upgrade: Option<crate::model::UpgradePricing>,
     outbox: bool,
 ) -> Result<Order, CommandError> {
+    Ok(write_new(ctx, &order, opened, upgrade, outbox)?.unwrap_or(order))
+}
+
+/// Writes a new order; answers its opened version when `opened` is given (`None`:
+/// `order` itself is what was stored).
+fn write_new<C: CommandCtx>(
+    ctx: &mut C,
+    order: &Order,
+    opened: Option<(Order, TimelineEntry)>,
+    upgrade: Option<crate::model::UpgradePricing>,
+    outbox: bool,
+) -> Result<Option<Order>, CommandError> {
     if ctx.get(&ORDERS, &order.order_no)?.is_some() {
         return Err(CommandError::AlreadyExists);
     }
@@ -167,17 +187,18 @@ pub fn write_new_order_opened<C: CommandCtx>(
             reason: None,
         },
     );
-    let stored = match opened {
-        None => order,
+    let next = match opened {
+        None => None,
         Some((mut next, entry)) => {
             next.version = order.version + 1;
             ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
             if outbox {
-                crate::outbox::record_transition(ctx, &order, &next)?;
+                crate::outbox::record_transition(ctx, order, &next)?;
             }
-            next
+            Some(next)
         }
     };
+    let stored = next.as_ref().unwrap_or(order);
     for (kind, t) in stored.timers.iter() {
         ctx.put(
             &DEADLINES,
@@ -187,8 +208,8 @@ pub fn write_new_order_opened<C: CommandCtx>(
             },
         );
     }
-    ctx.put(&ORDERS, &stored.order_no, &stored);
-    Ok(stored)
+    ctx.put(&ORDERS, &stored.order_no, stored);
+    Ok(next)
 }
 
 /// One order transition, as the order actor hands it to storage.

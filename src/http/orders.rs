@@ -273,13 +273,15 @@ async fn create_order_inner(
         at: expire_at,
         generation: 2,
     });
+    // The package was read for this order alone: its strings move into the order.
+    let snapshot = PackageSnapshot::from(&package);
     let order = Order {
         order_no: new_order_no(now),
         user_id: user.user_id.clone(),
-        package_id: package.id.clone(),
-        package: PackageSnapshot::from(&package),
+        package_id: package.id,
+        package: snapshot,
         amount_minor,
-        currency: package.currency.clone(),
+        currency: package.currency,
         payment_method: method,
         provider,
         status: OrderStatus::Pending,
