@@ -1,8 +1,8 @@
 //! The log lines' timestamp: UTC with microseconds, exactly as `tracing-subscriber`'s
 //! default (`2026-11-23T03:15:12.123456Z`), written digit by digit. The default
-//! goes through `write!` with padded integers for each of its seven parts, which
-//! was a third of the cost of a log line; every request that creates an order
-//! writes one.
+//! goes through `write!` with padded integers for each of its seven parts: about
+//! 1 900 of the 12 700 instructions of the "order created" line, which every
+//! created order writes.
 
 use std::fmt;
 
