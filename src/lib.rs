@@ -12,6 +12,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod logtime;
 pub mod metrics;
 pub mod monitor;
 pub mod order_no;

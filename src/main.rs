@@ -190,6 +190,7 @@ fn serve(cfg: config::Config) -> ExitCode {
     // collector are noise, and drawing them was a tenth of a request's CPU.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_timer(payd::logtime::UtcMicros)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,payd=info,payd_actors=info,tower_http=info".into()),

@@ -57,12 +57,14 @@ impl CommandCtx for WriteCtx<'_> {
 }
 
 /// Submits a command and folds the store's error into the command's.
-pub async fn run<T, F>(store: &Store, command: F) -> Result<T, CommandError>
+pub fn run<T, F>(store: &Store, command: F) -> impl Future<Output = Result<T, CommandError>> + '_
 where
     F: FnOnce(&mut WriteCtx<'_>) -> Result<T, CommandError> + Send + 'static,
     T: Send + 'static,
 {
-    store.submit(command).await?
+    // Not an `async fn`, like `Store::submit`: the command is boxed now, not held.
+    let submitted = store.submit(command);
+    async move { submitted.await? }
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -87,35 +89,45 @@ pub async fn seed_packages(store: &Store, packages: Vec<Package>) -> Result<usiz
 }
 
 /// Stores a new order with its index entries, deadlines and first timeline entry.
-pub async fn create_order(store: &Store, order: Order) -> Result<Order, CommandError> {
-    create_order_priced(store, order, None).await
+pub fn create_order(
+    store: &Store,
+    order: Order,
+) -> impl Future<Output = Result<Order, CommandError>> + '_ {
+    create_order_priced(store, order, None)
 }
 
 /// Like `create_order`, with the pricing of an upgrade order stored beside it.
-pub async fn create_order_priced(
+pub fn create_order_priced(
     store: &Store,
     order: Order,
     upgrade: Option<crate::model::UpgradePricing>,
-) -> Result<Order, CommandError> {
-    create_order_opened(store, order, None, upgrade, false).await
+) -> impl Future<Output = Result<Order, CommandError>> + '_ {
+    run(store, move |ctx| write_new_order(ctx, order, upgrade))
 }
 
-/// Stores a new order and, when `opened` is given, the transition that opened its
-/// trade (the order at its next version and that transition's timeline entry), in
-/// one command: a provider that opens trades locally costs one durable write per
-/// order, not two. `outbox`: announce the opening's webhook events, as
-/// [`apply_transition`] would.
-pub async fn create_order_opened(
+/// Stores a new order together with the transition that opened its trade (`next`,
+/// the order at its next version, and that transition's timeline entry), in one
+/// command: a provider that opens trades locally costs one durable write per order,
+/// not two. `outbox`: announce the opening's webhook events, as
+/// [`apply_transition`] would. Answers the order as created and as stored (opened),
+/// so the caller need not keep a copy of the first. (Plain functions returning the
+/// command's future, so the order is moved into the command once instead of living
+/// in every future.)
+pub fn create_order_opened(
     store: &Store,
     order: Order,
-    opened: Option<(Order, TimelineEntry)>,
+    next: Order,
+    entry: TimelineEntry,
     upgrade: Option<crate::model::UpgradePricing>,
     outbox: bool,
-) -> Result<Order, CommandError> {
+) -> impl Future<Output = Result<(Order, Order), CommandError>> + '_ {
     run(store, move |ctx| {
-        write_new_order_opened(ctx, order, opened, upgrade, outbox)
+        let stored = write_new(ctx, &order, Some((next, entry)), upgrade, outbox)?;
+        match stored {
+            Some(stored) => Ok((order, stored)),
+            None => Ok((order.clone(), order)),
+        }
     })
-    .await
 }
 
 /// The body of [`create_order_priced`]: what storing a new order writes.
@@ -127,7 +139,8 @@ pub fn write_new_order<C: CommandCtx>(
     write_new_order_opened(ctx, order, None, upgrade, false)
 }
 
-/// The body of [`create_order_opened`].
+/// The body of [`create_order_opened`] (and, with `opened` = `None`, of
+/// [`write_new_order`]): answers the order as stored.
 pub fn write_new_order_opened<C: CommandCtx>(
     ctx: &mut C,
     order: Order,
@@ -135,6 +148,18 @@ pub fn write_new_order_opened<C: CommandCtx>(
     upgrade: Option<crate::model::UpgradePricing>,
     outbox: bool,
 ) -> Result<Order, CommandError> {
+    Ok(write_new(ctx, &order, opened, upgrade, outbox)?.unwrap_or(order))
+}
+
+/// Writes a new order; answers its opened version when `opened` is given (`None`:
+/// `order` itself is what was stored).
+fn write_new<C: CommandCtx>(
+    ctx: &mut C,
+    order: &Order,
+    opened: Option<(Order, TimelineEntry)>,
+    upgrade: Option<crate::model::UpgradePricing>,
+    outbox: bool,
+) -> Result<Option<Order>, CommandError> {
     if ctx.get(&ORDERS, &order.order_no)?.is_some() {
         return Err(CommandError::AlreadyExists);
     }
@@ -162,17 +187,18 @@ pub fn write_new_order_opened<C: CommandCtx>(
             reason: None,
         },
     );
-    let stored = match opened {
-        None => order,
+    let next = match opened {
+        None => None,
         Some((mut next, entry)) => {
             next.version = order.version + 1;
             ctx.put(&TIMELINE, &(next.order_no.clone(), next.version), &entry);
             if outbox {
-                crate::outbox::record_transition(ctx, &order, &next)?;
+                crate::outbox::record_transition(ctx, order, &next)?;
             }
-            next
+            Some(next)
         }
     };
+    let stored = next.as_ref().unwrap_or(order);
     for (kind, t) in stored.timers.iter() {
         ctx.put(
             &DEADLINES,
@@ -182,8 +208,8 @@ pub fn write_new_order_opened<C: CommandCtx>(
             },
         );
     }
-    ctx.put(&ORDERS, &stored.order_no, &stored);
-    Ok(stored)
+    ctx.put(&ORDERS, &stored.order_no, stored);
+    Ok(next)
 }
 
 /// One order transition, as the order actor hands it to storage.

@@ -101,7 +101,7 @@ pub(super) async fn create_order(
     let Some(key) = key else {
         return create_order_inner(&state, &user, method, &body, source_ip)
             .await
-            .map(|(_, r)| r);
+            .map(created);
     };
     let hash = request_hash(&body, method);
     let now = state.clock.now();
@@ -115,12 +115,21 @@ pub(super) async fn create_order(
     // Remember 2xx and 4xx answers; release the key after a server-side failure so
     // the client can retry.
     let remembered = match &outcome {
-        Ok((json, _)) => Some((StatusCode::CREATED.as_u16(), json.clone())),
+        Ok(json) => Some((StatusCode::CREATED.as_u16(), json.clone())),
         Err(e) if e.status.is_client_error() => Some((e.status.as_u16(), e.body())),
         Err(_) => None,
     };
     commands::idempotency_finish(&state.store, user.user_id.clone(), key, remembered).await?;
-    outcome.map(|(_, r)| r)
+    outcome.map(created)
+}
+
+/// The 201 answer to a created order, from its JSON.
+fn created(json: String) -> Response {
+    let mut response = (StatusCode::CREATED, json).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
 }
 
 /// The answer to a request whose `Idempotency-Key` was seen before: the remembered
@@ -181,7 +190,7 @@ async fn create_order_inner(
     method: PaymentMethod,
     body: &CreateOrderBody,
     source_ip: Option<String>,
-) -> Result<(String, Response), ApiError> {
+) -> Result<String, ApiError> {
     let cfg = &state.config;
     let package = {
         let view = state.store.read()?;
@@ -264,13 +273,15 @@ async fn create_order_inner(
         at: expire_at,
         generation: 2,
     });
+    // The package was read for this order alone: its strings move into the order.
+    let snapshot = PackageSnapshot::from(&package);
     let order = Order {
         order_no: new_order_no(now),
         user_id: user.user_id.clone(),
-        package_id: package.id.clone(),
-        package: PackageSnapshot::from(&package),
+        package_id: package.id,
+        package: snapshot,
         amount_minor,
-        currency: package.currency.clone(),
+        currency: package.currency,
         payment_method: method,
         provider,
         status: OrderStatus::Pending,
@@ -313,13 +324,8 @@ async fn create_order_inner(
             state.ask(&order.order_no, OrderCommand::OpenTrade).await?
         }
     };
-    let json = serde_json::to_string(&OrderView::from(&opened).with_upgrade(upgrade.as_ref()))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut response = (StatusCode::CREATED, json.clone()).into_response();
-    response
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
-    Ok((json, response))
+    serde_json::to_string(&OrderView::from(&opened).with_upgrade(upgrade.as_ref()))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn log_created(order: &Order) {

@@ -58,11 +58,11 @@ impl From<&Package> for PackageView {
 }
 
 #[derive(Serialize)]
-pub struct SnapshotView {
-    pub name: String,
+pub struct SnapshotView<'a> {
+    pub name: &'a str,
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub membership_type: Option<String>,
+    pub membership_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validity_days: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,12 +73,12 @@ pub struct SnapshotView {
     pub bonus_points: Option<u64>,
 }
 
-impl From<&PackageSnapshot> for SnapshotView {
-    fn from(p: &PackageSnapshot) -> Self {
+impl<'a> From<&'a PackageSnapshot> for SnapshotView<'a> {
+    fn from(p: &'a PackageSnapshot) -> Self {
         SnapshotView {
-            name: p.name.clone(),
+            name: &p.name,
             kind: p.kind.as_str(),
-            membership_type: p.membership_type.clone(),
+            membership_type: p.membership_type.as_deref(),
             validity_days: p.validity_days,
             queries_count: p.queries_count,
             points: p.points,
@@ -87,23 +87,25 @@ impl From<&PackageSnapshot> for SnapshotView {
     }
 }
 
+/// Borrows the order's strings: building the answer to every create and read
+/// copied each of them only to serialize and drop it.
 #[derive(Serialize)]
-pub struct OrderView {
-    pub order_no: String,
-    pub user_id: String,
-    pub package_id: String,
-    pub package: SnapshotView,
+pub struct OrderView<'a> {
+    pub order_no: &'a str,
+    pub user_id: &'a str,
+    pub package_id: &'a str,
+    pub package: SnapshotView<'a>,
     pub amount: i64,
-    pub currency: String,
+    pub currency: &'a str,
     pub payment_method: &'static str,
     pub provider: &'static str,
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub qr_code_url: Option<String>,
+    pub qr_code_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qr_code_expire_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_url: Option<String>,
+    pub payment_url: Option<&'a str>,
     pub expire_at: String,
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,17 +116,17 @@ pub struct OrderView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_transaction_id: Option<String>,
+    pub provider_transaction_id: Option<&'a str>,
     pub refunded_amount: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
+    pub failure_reason: Option<&'a str>,
     pub late_payment: bool,
     /// How an upgrade order's price was computed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<serde_json::Value>,
 }
 
-impl OrderView {
+impl OrderView<'_> {
     pub fn with_upgrade(mut self, u: Option<&payd_actors::model::UpgradePricing>) -> Self {
         self.upgrade = u.map(|u| {
             serde_json::json!({
@@ -139,29 +141,29 @@ impl OrderView {
     }
 }
 
-impl From<&Order> for OrderView {
-    fn from(o: &Order) -> Self {
+impl<'a> From<&'a Order> for OrderView<'a> {
+    fn from(o: &'a Order) -> Self {
         OrderView {
-            order_no: o.order_no.clone(),
-            user_id: o.user_id.clone(),
-            package_id: o.package_id.clone(),
+            order_no: &o.order_no,
+            user_id: &o.user_id,
+            package_id: &o.package_id,
             package: (&o.package).into(),
             amount: o.amount_minor,
-            currency: o.currency.as_str().to_string(),
+            currency: o.currency.as_str(),
             payment_method: o.payment_method.as_str(),
             provider: o.provider.as_str(),
             status: o.status.as_str(),
-            qr_code_url: o.qr_code_url.clone(),
+            qr_code_url: o.qr_code_url.as_deref(),
             qr_code_expire_at: o.qr_code_expire_at.map(rfc3339),
-            payment_url: o.payment_url.clone(),
+            payment_url: o.payment_url.as_deref(),
             expire_at: rfc3339(o.expire_at),
             created_at: rfc3339(o.created_at),
             paid_at: o.paid_at.map(rfc3339),
             cancelled_at: o.cancelled_at.map(rfc3339),
             settled_at: o.settled_at.map(rfc3339),
-            provider_transaction_id: o.provider_transaction_id.clone(),
+            provider_transaction_id: o.provider_transaction_id.as_deref(),
             refunded_amount: o.refunded_amount_minor,
-            failure_reason: o.failure_reason.clone(),
+            failure_reason: o.failure_reason.as_deref(),
             late_payment: o.late_payment,
             upgrade: None,
         }

@@ -14,7 +14,10 @@ pub trait Record: Serialize + DeserializeOwned {
 }
 
 pub fn encode_record<V: Record>(value: &V) -> Vec<u8> {
-    let out = vec![V::SCHEMA];
+    // Room for a typical record (an order is a few hundred bytes) up front, instead
+    // of growing the buffer field by field.
+    let mut out = Vec::with_capacity(512);
+    out.push(V::SCHEMA);
     // postcard into a Vec cannot fail for the plain data types we store.
     match postcard::to_extend(value, out) {
         Ok(v) => v,

@@ -13,7 +13,7 @@ pub trait Key: Sized {
     fn decode(r: &mut KeyReader<'_>) -> Option<Self>;
 
     fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
+        let mut out = Vec::with_capacity(64);
         self.encode(&mut out);
         out
     }
@@ -85,12 +85,18 @@ impl Key for i64 {
 
 impl Key for String {
     fn encode(&self, out: &mut Vec<u8>) {
-        for &b in self.as_bytes() {
-            if b == 0 {
-                out.extend_from_slice(&[0, 0xff]);
-            } else {
-                out.push(b);
+        let bytes = self.as_bytes();
+        // Keys almost never hold a 0x00: copy them whole, escape only when needed.
+        if bytes.contains(&0) {
+            for &b in bytes {
+                if b == 0 {
+                    out.extend_from_slice(&[0, 0xff]);
+                } else {
+                    out.push(b);
+                }
             }
+        } else {
+            out.extend_from_slice(bytes);
         }
         out.extend_from_slice(&[0, 1]);
     }

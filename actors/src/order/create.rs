@@ -55,14 +55,9 @@ pub async fn create(
             .await
             .map(Created::NeedsTrade);
     };
-    let stored = commands::create_order_opened(
-        &deps.store,
-        order.clone(),
-        Some((next, entry)),
-        upgrade,
-        deps.webhooks,
-    )
-    .await?;
+    let (order, stored) =
+        commands::create_order_opened(&deps.store, order, next, entry, upgrade, deps.webhooks)
+            .await?;
     tracing::debug!(order_no = %stored.order_no, "trade opened locally with the order");
     // Durable now: tell the observers, as the actor does after each transition.
     for observer in &deps.observers {
