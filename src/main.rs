@@ -9,6 +9,13 @@ use payd::app::Application;
 use payd::auth::Jwt;
 use payd::config;
 
+/// glibc's malloc and free were about a fifth of the instructions of creating an
+/// order (some 155 allocations each, and memory handed back with `mprotect`); with
+/// mimalloc, same-run create throughput went from 0.16× to 0.19× the baseline and
+/// RSS per pending order at 1 000 000 from 202 to 169 bytes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage:
   payd serve [--config FILE]
   payd check-config [--config FILE]
