@@ -74,17 +74,8 @@ async fn an_unpaid_order_expires_and_is_closed_at_the_provider() {
         .await;
     assert_eq!(expired["late_payment"], false);
     // The whole sequence is in the history: expiry, query, close, query …
-    let (_, detail) = app
-        .get(&format!("/api/v1/admin/orders/{no}"), &app.admin_token())
-        .await;
-    let events: Vec<&str> = detail["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["event"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        events,
+        app.timeline_events(&no).await,
         [
             "created",
             "trade_opened",

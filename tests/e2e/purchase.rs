@@ -219,15 +219,7 @@ async fn a_mock_order_is_stored_with_its_open_trade_in_one_durable_write() {
             .ends_with(&format!("/mock/pay/{no}"))
     );
     // The history still shows both steps, and the trade is payable.
-    let admin = app.admin_token();
-    let (_, detail) = app.get(&format!("/api/v1/admin/orders/{no}"), &admin).await;
-    let events: Vec<&str> = detail["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(events, ["created", "trade_opened"]);
+    assert_eq!(app.timeline_events(&no).await, ["created", "trade_opened"]);
     let stored = app.stored_order(&no);
     assert!(stored.trade_opened);
     assert_eq!(stored.version, 1);

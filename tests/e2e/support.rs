@@ -323,6 +323,23 @@ impl TestApp {
     }
 
     /// The stored order record, for assertions the API does not show yet.
+    /// The events of the order's timeline, oldest first, as an admin reads them.
+    pub(crate) async fn timeline_events(&self, order_no: &str) -> Vec<String> {
+        let (status, detail) = self
+            .get(
+                &format!("/api/v1/admin/orders/{order_no}"),
+                &self.admin_token(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        detail["timeline"]
+            .as_array()
+            .expect("a timeline")
+            .iter()
+            .map(|t| t["event"].as_str().expect("an event").to_string())
+            .collect()
+    }
+
     pub(crate) fn stored_order(&self, order_no: &str) -> Order {
         let view = self.app().state().store.read().unwrap();
         view.get(&ORDERS, &order_no.to_string())
