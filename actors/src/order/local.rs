@@ -112,15 +112,12 @@ pub(crate) fn fold(
         crate::commands::put_notification(ctx, n)?;
     }
     let mut effects = transition.effects;
-    let answers = provider.local_trades().map_or(0, |_| MAX_ANSWERS);
-    for _ in 0..answers {
-        let Some(local) = provider.local_trades() else {
-            break;
-        };
-        let Some(i) = effects
+    let local = provider.local_trades();
+    for _ in 0..MAX_ANSWERS {
+        let position = effects
             .iter()
-            .position(|e| matches!(e, Effect::Query | Effect::Close))
-        else {
+            .position(|e| matches!(e, Effect::Query | Effect::Close));
+        let (Some(local), Some(i)) = (local, position) else {
             break;
         };
         let trade = trade_ref(&order);
