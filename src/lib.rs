@@ -13,6 +13,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod logtime;
+pub mod logwriter;
 pub mod metrics;
 pub mod monitor;
 pub mod order_no;

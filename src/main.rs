@@ -193,11 +193,21 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: config::Config) -> ExitCode {
+    // Lines go to stdout through a buffer written by its own thread (see
+    // `payd::logwriter`); the guard writes what is left when serving ends.
+    let (log, _log_guard) = match payd::logwriter::buffered(std::io::stdout()) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("payd: cannot start the log writer: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // Colours only for a person at a terminal: escape codes in a log file or a log
     // collector are noise, and drawing them was a tenth of a request's CPU.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_timer(payd::logtime::UtcMicros)
+        .with_writer(log)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,payd=info,payd_actors=info,tower_http=info".into()),

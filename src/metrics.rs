@@ -94,6 +94,8 @@ pub const STORAGE_BATCH_SIZE: &str = "payd_storage_batch_commands";
 pub const STORAGE_COMMIT_FAILURES: &str = "payd_storage_commit_failures_total";
 /// gauge: 1 while storage accepts writes.
 pub const STORAGE_HEALTHY: &str = "payd_storage_healthy";
+/// counter: log lines dropped because the log output could not keep up.
+pub const LOG_LINES_DROPPED: &str = "payd_log_lines_dropped_total";
 
 // ---- Alerts ----
 /// gauge {rule, severity}: the monitor's alerts active now.
@@ -262,6 +264,10 @@ fn describe() {
     );
     describe_histogram!(STORAGE_BATCH_SIZE, "Commands per storage group commit");
     describe_counter!(STORAGE_COMMIT_FAILURES, "Storage commits that failed");
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log output could not keep up"
+    );
     describe_gauge!(STORAGE_HEALTHY, "1 while storage accepts writes");
     describe_gauge!(
         ALERTS_FIRING,
@@ -347,6 +353,7 @@ fn register_known(currencies: &[String]) {
     }
     counter!(ORDER_ACTOR_RESTARTS).increment(0);
     counter!(STORAGE_COMMIT_FAILURES).increment(0);
+    counter!(LOG_LINES_DROPPED).increment(0);
     let _ = histogram!(STORAGE_COMMIT_DURATION);
     let _ = histogram!(STORAGE_BATCH_SIZE);
     for rule in Rule::ALL {
