@@ -93,6 +93,10 @@ pub(crate) struct Plan {
     pub(crate) duration: Option<Duration>,
     /// Stop after this many operations in all (warm-up included).
     pub(crate) limit: Option<u64>,
+    /// Also measure this process's CPU time over the measured window (and the load
+    /// generator's own): the CPU an operation costs, which a busy shared host
+    /// disturbs far less than throughput. Only with a `duration`.
+    pub(crate) cpu_of: Option<u32>,
 }
 
 /// The outcome of one run.
@@ -104,11 +108,24 @@ pub(crate) struct Outcome {
     pub(crate) window: Duration,
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
+    /// CPU time (user + system) over the measured window: the server's, the load
+    /// generator's (see [`Plan::cpu_of`]).
+    pub(crate) cpu: Option<(Duration, Duration)>,
 }
 
 impl Outcome {
     pub(crate) fn ops(&self) -> u64 {
         self.latencies_us.len() as u64
+    }
+
+    /// CPU microseconds per completed operation: the server's, the load generator's.
+    pub(crate) fn cpu_us_per_op(&self) -> Option<(f64, f64)> {
+        let (server, client) = self.cpu?;
+        let ops = self.ops().max(1) as f64;
+        Some((
+            server.as_secs_f64() * 1e6 / ops,
+            client.as_secs_f64() * 1e6 / ops,
+        ))
     }
 
     pub(crate) fn per_second(&self) -> f64 {
@@ -148,6 +165,19 @@ pub(crate) async fn run<W: Work>(
     let measure_from = started + plan.warmup;
     let end = plan.duration.map(|d| measure_from + d);
     let issued = Arc::new(AtomicU64::new(0));
+    let cpu = match (plan.cpu_of, end) {
+        (Some(pid), Some(end)) => Some(tokio::spawn(async move {
+            let both = || -> anyhow::Result<(Duration, Duration)> {
+                Ok((cpu_time(pid)?, cpu_time(std::process::id())?))
+            };
+            tokio::time::sleep_until(measure_from.into()).await;
+            let (s0, c0) = both()?;
+            tokio::time::sleep_until(end.into()).await;
+            let (s1, c1) = both()?;
+            anyhow::Ok((s1.saturating_sub(s0), c1.saturating_sub(c0)))
+        })),
+        _ => None,
+    };
     let mut tasks = Vec::with_capacity(plan.connections);
     for worker in 0..plan.connections {
         let work = work.clone();
@@ -213,6 +243,9 @@ pub(crate) async fn run<W: Work>(
         }
     }
     outcome.latencies_us.sort_unstable();
+    if let Some(cpu) = cpu {
+        outcome.cpu = Some(cpu.await.context("the CPU sampler panicked")??);
+    }
     outcome.window = match end {
         Some(e) => e.duration_since(measure_from),
         None => last_done.duration_since(measure_from),
@@ -263,6 +296,28 @@ pub(crate) fn expect(status: StatusCode, want: StatusCode, body: &Bytes) -> anyh
     Ok(())
 }
 
+/// User + system CPU time of process `pid`, all its threads, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let field = |n: usize| -> anyhow::Result<u64> {
+        // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+        Ok(rest
+            .split_whitespace()
+            .nth(n - 3)
+            .context("short /proc/<pid>/stat")?
+            .parse()?)
+    };
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for /proc on every
+    // architecture it reports to user space.
+    let ticks = field(14)? + field(15)?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +343,17 @@ mod tests {
         assert_eq!(o.quantile_ms(1.0), 100.0);
         assert_eq!(Outcome::default().quantile_ms(0.99), 0.0);
         assert_eq!(Outcome::default().per_second(), 0.0);
+    }
+
+    #[test]
+    fn cpu_time_counts_this_process_working() {
+        let before = cpu_time(std::process::id()).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let spent = cpu_time(std::process::id()).unwrap() - before;
+        assert!(spent >= Duration::from_millis(100), "{spent:?}");
     }
 }

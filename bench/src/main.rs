@@ -86,6 +86,15 @@ impl Options {
             warmup: self.warmup,
             duration: Some(self.duration),
             limit: None,
+            cpu_of: None,
+        }
+    }
+
+    /// [`Options::plan`], measuring `server`'s CPU time per operation too.
+    fn plan_for(&self, server: &Server) -> Plan {
+        Plan {
+            cpu_of: Some(server.pid()),
+            ..self.plan()
         }
     }
 }
@@ -449,11 +458,16 @@ async fn throughput(
     for round in 1..=opts.rounds {
         progress(&format!("throughput, round {round}/{}", opts.rounds));
         if opts.wants_figure("baseline") {
-            let o = load::run(baseline.addr, baseline_work.clone(), opts.plan()).await?;
+            let o = load::run(
+                baseline.addr,
+                baseline_work.clone(),
+                opts.plan_for(&baseline),
+            )
+            .await?;
             results.baseline.push(check(&o, "baseline")?);
         }
         if opts.wants_figure("create") {
-            let o = load::run(payd.addr, create_mock.clone(), opts.plan()).await?;
+            let o = load::run(payd.addr, create_mock.clone(), opts.plan_for(&payd)).await?;
             results.create.push(check(&o, "create order")?);
         }
         let orders = Arc::new(created.lock().expect("created orders lock").clone());
@@ -462,11 +476,11 @@ async fn throughput(
                 users: users.clone(),
                 orders,
             });
-            let o = load::run(payd.addr, read, opts.plan()).await?;
+            let o = load::run(payd.addr, read, opts.plan_for(&payd)).await?;
             results.read.push(check(&o, "read order")?);
         }
         if opts.wants_figure("purchase") {
-            let o = load::run(payd.addr, purchase.clone(), opts.plan()).await?;
+            let o = load::run(payd.addr, purchase.clone(), opts.plan_for(&payd)).await?;
             results.purchase.push(check(&o, "create + mock pay")?);
         }
     }
@@ -532,6 +546,7 @@ fn group_commit(
                 warmup: Duration::ZERO,
                 duration: Some(opts.warmup),
                 limit: None,
+                cpu_of: None,
             };
             client.block_on(load::run(addr, work.clone(), warm))?;
             let before = app.state().store.stats();
@@ -541,6 +556,7 @@ fn group_commit(
                 warmup: Duration::ZERO,
                 duration: Some(opts.duration),
                 limit: None,
+                cpu_of: None,
             };
             let o = client.block_on(load::run(addr, work.clone(), plan))?;
             let after = app.state().store.stats();
@@ -552,11 +568,15 @@ fn group_commit(
                 commits: after.commits - before.commits,
                 secs,
                 orders_per_sec: s.per_sec,
+                execute_secs: (after.execute - before.execute).as_secs_f64(),
+                commit_secs: (after.commit - before.commit).as_secs_f64(),
+                wait_secs: (after.group_wait - before.group_wait).as_secs_f64(),
             };
             progress(&format!(
-                "  {:.1} commands per commit, {:.0} commits/s",
+                "  {:.1} commands per commit, {:.0} commits/s; {}",
                 g.per_commit(),
-                g.commits_per_sec()
+                g.commits_per_sec(),
+                g.writer_time()
             ));
             results.group_commit.push(g);
         }
@@ -590,7 +610,7 @@ async fn wechat_figures(
             "wechat_native",
             Some((created.clone(), usize::MAX)),
         ));
-        let o = load::run(payd.addr, work, opts.plan()).await?;
+        let o = load::run(payd.addr, work, opts.plan_for(&payd)).await?;
         results
             .wechat_create
             .push(check(&o, "create order (WeChat v3)")?);
@@ -612,6 +632,7 @@ async fn wechat_figures(
             warmup: Duration::ZERO,
             duration: Some(opts.duration),
             limit: None,
+            cpu_of: None,
         };
         let o = load::run(payd.addr, work, plan).await?;
         results
@@ -672,6 +693,7 @@ async fn memory(
         warmup: Duration::ZERO,
         duration: None,
         limit: Some(opts.orders),
+        cpu_of: None,
     };
     let o = load::run(payd.addr, work, plan).await?;
     let fill = check(&o, "create order while filling")?;
@@ -795,6 +817,7 @@ async fn expiry_storm(
         warmup: opts.warmup,
         duration: Some(calm_window),
         limit: None,
+        cpu_of: None,
     };
     let calm = check(
         &load::run(payd.addr, Arc::new(work), plan).await?,
@@ -812,6 +835,7 @@ async fn expiry_storm(
         warmup: Duration::ZERO,
         duration: None,
         limit: None,
+        cpu_of: None,
     };
     let load = tokio::spawn(load::run(payd.addr, work, plan));
     let watched = storm::watch(

@@ -14,6 +14,8 @@ pub(crate) struct Sample {
     pub(crate) p99_ms: f64,
     pub(crate) ops: u64,
     pub(crate) errors: u64,
+    /// CPU µs per operation: the server process's, the load generator's.
+    pub(crate) cpu_us: Option<(f64, f64)>,
 }
 
 impl Sample {
@@ -24,12 +26,18 @@ impl Sample {
             p99_ms: o.quantile_ms(0.99),
             ops: o.ops(),
             errors: o.errors,
+            cpu_us: o.cpu_us_per_op(),
         }
     }
 
     fn json(&self) -> Value {
-        json!({"per_sec": round2(self.per_sec), "p50_ms": round2(self.p50_ms),
-               "p99_ms": round2(self.p99_ms), "ops": self.ops, "errors": self.errors})
+        let mut v = json!({"per_sec": round2(self.per_sec), "p50_ms": round2(self.p50_ms),
+               "p99_ms": round2(self.p99_ms), "ops": self.ops, "errors": self.errors});
+        if let Some((server, client)) = self.cpu_us {
+            v["server_cpu_us_per_op"] = json!(round2(server));
+            v["client_cpu_us_per_op"] = json!(round2(client));
+        }
+        v
     }
 }
 
@@ -56,7 +64,18 @@ impl Series {
             p99_ms: median(self.rounds.iter().map(|s| s.p99_ms)),
             ops: self.rounds.iter().map(|s| s.ops).sum(),
             errors: self.rounds.iter().map(|s| s.errors).sum(),
+            cpu_us: self.cpu_median(),
         }
+    }
+
+    /// Medians of the rounds' CPU per operation, if every round measured it.
+    fn cpu_median(&self) -> Option<(f64, f64)> {
+        let cpu: Option<Vec<(f64, f64)>> = self.rounds.iter().map(|s| s.cpu_us).collect();
+        let cpu = cpu.filter(|c| !c.is_empty())?;
+        Some((
+            median(cpu.iter().map(|c| c.0)),
+            median(cpu.iter().map(|c| c.1)),
+        ))
     }
 
     fn json(&self) -> Value {
@@ -73,6 +92,10 @@ pub(crate) struct GroupCommit {
     pub(crate) commits: u64,
     pub(crate) secs: f64,
     pub(crate) orders_per_sec: f64,
+    /// The storage writer's time running commands, committing, holding batches open.
+    pub(crate) execute_secs: f64,
+    pub(crate) commit_secs: f64,
+    pub(crate) wait_secs: f64,
 }
 
 impl GroupCommit {
@@ -84,8 +107,24 @@ impl GroupCommit {
         ratio(self.commits as f64, self.secs)
     }
 
+    /// Where the writer thread's time went, per commit and as a share of the window.
+    pub(crate) fn writer_time(&self) -> String {
+        let per = |x: f64| ratio(x * 1e6, self.commits as f64);
+        let share = |x: f64| 100.0 * ratio(x, self.secs);
+        format!(
+            "writer per commit: commands {:.0} µs, commit (journal, fdatasync, memtables) {:.0} µs, held open {:.0} µs; busy {:.0} % of the time",
+            per(self.execute_secs),
+            per(self.commit_secs),
+            per(self.wait_secs),
+            share(self.execute_secs + self.commit_secs + self.wait_secs)
+        )
+    }
+
     fn json(&self) -> Value {
         json!({"connections": self.connections, "commands": self.commands, "commits": self.commits,
+               "writer_execute_secs": round2(self.execute_secs),
+               "writer_commit_secs": round2(self.commit_secs),
+               "writer_held_open_secs": round2(self.wait_secs),
                "secs": round2(self.secs), "commands_per_commit": round2(self.per_commit()),
                "commits_per_sec": round2(self.commits_per_sec()),
                "orders_per_sec": round2(self.orders_per_sec)})
@@ -421,7 +460,49 @@ impl Results {
                 vs(s.calm.per_sec),
             );
         }
+        self.cpu_table(&mut t);
         t
+    }
+
+    /// CPU time per operation over the measured windows (medians of the rounds):
+    /// what each figure costs, steadier than throughput on a shared host.
+    fn cpu_table(&self, t: &mut String) {
+        let figures = [
+            (
+                "baseline: axum JSON handler",
+                &self.baseline,
+                "the baseline",
+            ),
+            ("create order (mock, durable)", &self.create, "payd"),
+            ("read order", &self.read, "payd"),
+            ("full purchase: create + mock pay", &self.purchase, "payd"),
+            (
+                "create order, WeChat v3 (load generator includes the stub)",
+                &self.wechat_create,
+                "payd",
+            ),
+            (
+                "signed WeChat v3 payment callback (load generator signs)",
+                &self.wechat_callback,
+                "payd",
+            ),
+        ];
+        let rows: Vec<_> = figures
+            .iter()
+            .filter_map(|(name, s, who)| Some((name, s.median().cpu_us?, who)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "| CPU per operation (user + system, measured window) | server | load generator |"
+        );
+        let _ = writeln!(t, "| --- | --- | --- |");
+        for (name, (server, client), who) in rows {
+            let _ = writeln!(t, "| {name} | {server:.1} µs ({who}) | {client:.1} µs |");
+        }
     }
 
     pub(crate) fn json(&self) -> Value {

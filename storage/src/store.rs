@@ -352,6 +352,12 @@ pub struct StoreStats {
     pub commands: u64,
     pub failed_commits: u64,
     pub reopens: u64,
+    /// Time the writer spent running commands (their reads and staged writes).
+    pub execute: Duration,
+    /// Time it spent committing batches: journal write, fdatasync, memtables.
+    pub commit: Duration,
+    /// Time it held busy batches open for more commands ([`GROUP_WAIT`]).
+    pub group_wait: Duration,
 }
 
 struct Shared {
@@ -363,6 +369,10 @@ struct Shared {
     commands: AtomicU64,
     failed_commits: AtomicU64,
     reopens: AtomicU64,
+    /// Nanoseconds, see [`StoreStats`].
+    execute_ns: AtomicU64,
+    commit_ns: AtomicU64,
+    group_wait_ns: AtomicU64,
     #[cfg(any(test, feature = "fault-injection"))]
     fail_commits: AtomicU64,
     /// Per [`FaultPoint`]: 0 = armed off; n = the n-th occurrence from now fails.
@@ -446,6 +456,9 @@ impl Store {
             commands: AtomicU64::new(0),
             failed_commits: AtomicU64::new(0),
             reopens: AtomicU64::new(0),
+            execute_ns: AtomicU64::new(0),
+            commit_ns: AtomicU64::new(0),
+            group_wait_ns: AtomicU64::new(0),
             #[cfg(any(test, feature = "fault-injection"))]
             fail_commits: AtomicU64::new(0),
             #[cfg(any(test, feature = "fault-injection"))]
@@ -478,6 +491,9 @@ impl Store {
             commands: s.commands.load(Ordering::Relaxed),
             failed_commits: s.failed_commits.load(Ordering::Relaxed),
             reopens: s.reopens.load(Ordering::Relaxed),
+            execute: Duration::from_nanos(s.execute_ns.load(Ordering::Relaxed)),
+            commit: Duration::from_nanos(s.commit_ns.load(Ordering::Relaxed)),
+            group_wait: Duration::from_nanos(s.group_wait_ns.load(Ordering::Relaxed)),
         }
     }
 
@@ -900,7 +916,9 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
         };
         drain(&mut batch, &mut shutdown);
         if busy && shutdown.is_none() && batch.len() < shared.opts.max_batch {
+            let t0 = Instant::now();
             std::thread::sleep(GROUP_WAIT);
+            add_elapsed(&shared.group_wait_ns, t0);
             drain(&mut batch, &mut shutdown);
         }
         busy = batch.len() >= BUSY_BATCH;
@@ -924,6 +942,11 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             reopen(&shared, &mut rx, &mut pending);
         }
     }
+}
+
+fn add_elapsed(total_ns: &AtomicU64, since: Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    total_ns.fetch_add(ns, Ordering::Relaxed);
 }
 
 /// A job that will not run still answers its caller, with `error`.
@@ -979,6 +1002,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
         }
     }
     let wrote = !earlier.is_empty();
+    add_elapsed(&shared.execute_ns, started);
     #[cfg(any(test, feature = "fault-injection"))]
     if write_failed {
         drop(tx);
@@ -1000,8 +1024,10 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
                 }
             }
         }
+        let t0 = Instant::now();
         let committed = commit(shared, writes);
         drop(tx);
+        add_elapsed(&shared.commit_ns, t0);
         committed
     } else {
         Ok(())
