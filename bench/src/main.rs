@@ -632,7 +632,8 @@ async fn wechat_figures(
             warmup: Duration::ZERO,
             duration: Some(opts.duration),
             limit: None,
-            cpu_of: None,
+            // Once the queue runs dry the window goes on idle: no CPU to count.
+            cpu_of: Some(payd.pid()),
         };
         let o = load::run(payd.addr, work, plan).await?;
         results
