@@ -30,7 +30,7 @@ use payd::auth::Jwt;
 
 use crate::load::{Created, Plan, Users};
 use crate::procs::{Server, free_port, payd_config};
-use crate::report::{GroupCommit, Memory, Results, Sample};
+use crate::report::{GroupCommit, Memory, Passivation, Results, Sample};
 use crate::scenarios::{Callbacks, CreateOrder, MockPurchase, ReadOrder};
 
 const USAGE: &str = "usage: cargo run -p payd-bench --release -- [options]
@@ -614,6 +614,9 @@ async fn wechat_figures(
         results
             .wechat_create
             .push(check(&o, "create order (WeChat v3)")?);
+        if round == 1 {
+            results.passivation = Some(passivation(&payd).await?);
+        }
         let orders = created.lock().expect("created orders lock").clone();
         let t0 = Instant::now();
         let callbacks = tokio::task::block_in_place(|| wechat::callbacks(&orders, round))?;
@@ -642,6 +645,49 @@ async fn wechat_figures(
     }
     payd.kill();
     Ok(())
+}
+
+/// Order actors alive right after a WeChat create round (each pending WeChat order
+/// keeps its actor until `passivate_after`, 5 s here, passes without a message) and
+/// again after they passivated, with payd's RSS each time.
+async fn passivation(payd: &Server) -> anyhow::Result<Passivation> {
+    let live = actors_live(payd).await?;
+    let (rss_live, _) = payd.memory()?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let idle = actors_live(payd).await?;
+    let (rss_idle, _) = payd.memory()?;
+    let p = Passivation {
+        live,
+        idle,
+        rss_live,
+        rss_idle,
+    };
+    progress(&format!(
+        "  passivation: {live} order actors alive, RSS {:.1} MiB → {idle} alive, {:.1} MiB 8 s later: {:.0} B per actor",
+        rss_live as f64 / 1048576.0,
+        rss_idle as f64 / 1048576.0,
+        p.bytes_per_actor()
+    ));
+    Ok(p)
+}
+
+/// `payd_order_actors_live` from payd's `/metrics`.
+async fn actors_live(payd: &Server) -> anyhow::Result<u64> {
+    let (status, body) = load::get_once(payd.addr, "/metrics").await?;
+    if status != StatusCode::OK {
+        bail!("/metrics answered {status}");
+    }
+    let text = std::str::from_utf8(&body)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("payd_order_actors_live "))
+        .context("no payd_order_actors_live in /metrics")?;
+    let value: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed metrics line")?
+        .parse()?;
+    Ok(value as u64)
 }
 
 /// Bytes allocated on disk under `path` in files whose name ends with `suffix` (""

@@ -131,6 +131,31 @@ impl GroupCommit {
     }
 }
 
+/// Order actors alive and passivated (see `passivation` in main.rs).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Passivation {
+    pub(crate) live: u64,
+    pub(crate) idle: u64,
+    pub(crate) rss_live: u64,
+    pub(crate) rss_idle: u64,
+}
+
+impl Passivation {
+    /// RSS given back per actor passivated (the allocator may keep some).
+    pub(crate) fn bytes_per_actor(&self) -> f64 {
+        ratio(
+            self.rss_live as f64 - self.rss_idle as f64,
+            self.live.saturating_sub(self.idle) as f64,
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"actors_live": self.live, "actors_after_passivation": self.idle,
+               "rss_live_bytes": self.rss_live, "rss_after_passivation_bytes": self.rss_idle,
+               "bytes_per_actor": round2(self.bytes_per_actor())})
+    }
+}
+
 /// Pending orders in memory and on restart.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Memory {
@@ -202,6 +227,7 @@ pub(crate) struct Results {
     pub(crate) raw_fsync: Series,
     pub(crate) memory: Option<Memory>,
     pub(crate) storm: Option<crate::storm::Storm>,
+    pub(crate) passivation: Option<Passivation>,
 }
 
 pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -346,6 +372,17 @@ impl Results {
                 "| full purchase, WeChat v3: create + callback (derived) | {} purchases/s | | | {:.2}× | |",
                 rate(both),
                 ratio(both, base.per_sec)
+            );
+        }
+        if let Some(p) = &self.passivation {
+            let _ = writeln!(
+                t,
+                "| order actors: pending WeChat orders' actors alive after a create round → 8 s later (`passivate_after` 5 s) | {} → {} actors, RSS {} → {} ({:.0} B per actor) | | | | |",
+                p.live,
+                p.idle,
+                mib(p.rss_live),
+                mib(p.rss_idle),
+                p.bytes_per_actor()
             );
         }
         let raw = self.raw_fsync.median();
@@ -550,6 +587,7 @@ impl Results {
             "purchase_mock": self.purchase.json(),
             "wechat_create_order": self.wechat_create.json(),
             "wechat_callback": self.wechat_callback.json(),
+            "passivation": self.passivation.as_ref().map(Passivation::json),
             "raw_fdatasync_4k": self.raw_fsync.json(),
             "group_commit": gc,
             "memory_and_recovery": memory,
