@@ -677,17 +677,23 @@ async fn actors_live(payd: &Server) -> anyhow::Result<u64> {
     if status != StatusCode::OK {
         bail!("/metrics answered {status}");
     }
-    let text = std::str::from_utf8(&body)?;
+    metric_value(std::str::from_utf8(&body)?, "payd_order_actors_live").map(|v| v as u64)
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+fn metric_value(text: &str, name: &str) -> anyhow::Result<f64> {
     let line = text
         .lines()
-        .find(|l| l.starts_with("payd_order_actors_live "))
-        .context("no payd_order_actors_live in /metrics")?;
-    let value: f64 = line
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .with_context(|| format!("no {name} in /metrics"))?;
+    Ok(line
         .split_whitespace()
         .nth(1)
         .context("malformed metrics line")?
-        .parse()?;
-    Ok(value as u64)
+        .parse()?)
 }
 
 /// Bytes allocated on disk under `path` in files whose name ends with `suffix` (""
@@ -962,4 +968,22 @@ fn git(workspace: &Path) -> serde_json::Value {
         "commit": run(&["rev-parse", "--short", "HEAD"]),
         "dirty": run(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn a_metric_is_read_by_its_exact_name() {
+        let text = "# HELP payd_order_actors_live Order actors alive now\n\
+                    # TYPE payd_order_actors_live gauge\n\
+                    payd_order_actors_live_total 7\n\
+                    payd_order_actors_live 13448\n";
+        assert_eq!(
+            metric_value(text, "payd_order_actors_live").unwrap(),
+            13448.0
+        );
+        assert!(metric_value(text, "payd_orders_quarantined").is_err());
+    }
 }
