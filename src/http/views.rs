@@ -4,14 +4,18 @@
 use payd_actors::model::{Entitlements, Order, Package, PackageSnapshot, Timestamp};
 use serde::Serialize;
 
+/// Always with exactly three fraction digits (`2026-11-23T06:22:27.980Z`), so that
+/// times compare as strings the way they compare as instants: the well-known RFC
+/// 3339 format drops trailing zeros (`27.98Z`, `27Z`), and `27.98Z` sorts after
+/// `27.982Z`.
 pub fn rfc3339(t: Timestamp) -> String {
+    const MILLIS: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let nanos = i128::from(t.ms()) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|d| d.format(MILLIS).ok())
         .unwrap_or_default()
 }
 
@@ -208,4 +212,31 @@ pub struct Page<T> {
     pub page: usize,
     pub page_size: usize,
     pub total: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_have_three_fraction_digits_and_sort_as_strings() {
+        let at = |ms: i64| rfc3339(Timestamp(ms));
+        assert_eq!(at(1_763_879_000_000), "2025-11-23T06:23:20.000Z");
+        assert_eq!(at(1_763_879_000_980), "2025-11-23T06:23:20.980Z");
+        assert_eq!(at(1_763_879_000_982), "2025-11-23T06:23:20.982Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        let mut instants = vec![1_763_879_000_982, 1_763_879_000_980, 1_763_879_000_000];
+        instants.extend([1_763_879_001_000, 1_763_878_999_999, 1_763_879_000_098]);
+        let mut by_string = instants.clone();
+        by_string.sort_by_key(|ms| at(*ms));
+        instants.sort_unstable();
+        assert_eq!(by_string, instants);
+        // Still RFC 3339: it parses back to the same instant.
+        let parsed = time::OffsetDateTime::parse(
+            &at(1_763_879_000_980),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert_eq!(parsed.unix_timestamp_nanos(), 1_763_879_000_980_000_000);
+    }
 }
