@@ -369,9 +369,10 @@ impl Results {
             let both = ratio(1.0, ratio(1.0, a) + ratio(1.0, b));
             let _ = writeln!(
                 t,
-                "| full purchase, WeChat v3: create + callback (derived) | {} purchases/s | | | {:.2}× | |",
+                "| full purchase, WeChat v3: create + callback (derived) | {} purchases/s | | | {:.2}× | ≥ 0.25× baseline: {} |",
                 rate(both),
-                ratio(both, base.per_sec)
+                ratio(both, base.per_sec),
+                verdict(base.per_sec > 0.0 && both / base.per_sec >= 0.25)
             );
         }
         if let Some(p) = &self.passivation {
