@@ -29,7 +29,7 @@ use payd::app::Application;
 use payd::auth::Jwt;
 
 use crate::load::{Created, Plan, Users};
-use crate::procs::{Server, free_port, payd_config};
+use crate::procs::{ALL_PASSIVATED, Server, free_port, payd_config};
 use crate::report::{GroupCommit, Memory, Passivation, Results, Sample};
 use crate::scenarios::{Callbacks, CreateOrder, MockPurchase, ReadOrder};
 
@@ -653,7 +653,7 @@ async fn wechat_figures(
 async fn passivation(payd: &Server) -> anyhow::Result<Passivation> {
     let live = actors_live(payd).await?;
     let (rss_live, _) = payd.memory()?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(ALL_PASSIVATED).await;
     let idle = actors_live(payd).await?;
     let (rss_idle, _) = payd.memory()?;
     let p = Passivation {
@@ -663,9 +663,10 @@ async fn passivation(payd: &Server) -> anyhow::Result<Passivation> {
         rss_idle,
     };
     progress(&format!(
-        "  passivation: {live} order actors alive, RSS {:.1} MiB → {idle} alive, {:.1} MiB 8 s later: {:.0} B per actor",
+        "  passivation: {live} order actors alive, RSS {:.1} MiB → {idle} alive, {:.1} MiB {} s later: {:.0} B per actor",
         rss_live as f64 / 1048576.0,
         rss_idle as f64 / 1048576.0,
+        ALL_PASSIVATED.as_secs(),
         p.bytes_per_actor()
     ));
     Ok(p)
@@ -753,8 +754,8 @@ async fn memory(
     if o.errors > 0 {
         bail!("{} orders failed while filling", o.errors);
     }
-    // Actors passivate after 5 s idle (the bench's config); give them time to.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Give every actor time to passivate (the bench's config: 5 s idle).
+    tokio::time::sleep(ALL_PASSIVATED).await;
     let (rss_filled, hwm_filled) = payd.memory()?;
     progress(&format!(
         "  RSS {:.1} MiB empty → {:.1} MiB with {} orders (peak {:.1} MiB)",

@@ -21,6 +21,14 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `actors.passivate_after` in the benchmark's configuration, in seconds.
+const PASSIVATE_AFTER_SECS: u64 = 5;
+
+/// How long to wait after the last message for every idle actor to have passivated:
+/// `passivate_after` and a margin for the idle check and the supervisor's handshake.
+pub(crate) const ALL_PASSIVATED: std::time::Duration =
+    std::time::Duration::from_secs(PASSIVATE_AFTER_SECS + 3);
+
 /// payd's configuration for the benchmark: mock mode unless `extra` says otherwise,
 /// orders that stay pending for the whole run (a day to expire, the first status
 /// query after an hour), actors passivated after 5 s idle, rate limits out of the
@@ -40,7 +48,7 @@ order_expire = "24h"
 query_interval = "1h"
 {payment_extra}
 [actors]
-passivate_after = "5s"
+passivate_after = "{PASSIVATE_AFTER_SECS}s"
 [rate_limit]
 payment_per_minute = 1000000000
 read_per_minute = 1000000000
